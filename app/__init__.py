@@ -1,0 +1,1 @@
+"""molfusion service layer: settings, CLI entry point and the FastAPI application."""

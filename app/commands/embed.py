@@ -1,0 +1,100 @@
+"""``molfusion embed``: stream a CSV of SMILES through the embedder into a Parquet file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import typer
+from tqdm import tqdm
+
+from app.settings import get_settings
+from app.tabular import TableError, count_rows, iter_chunks, resolve_smiles_column
+
+
+def build_embedder():
+    """The embedder configured from settings (shared by every command that embeds)."""
+    from models.chemistry import ParsePolicy
+    from models.embedder import Embedder
+
+    s = get_settings()
+    policy = ParsePolicy(max_smiles_length=s.max_smiles_length, max_atoms=s.max_atoms, salt_policy=s.salt_policy)
+    return Embedder(s.smiles_encoder_dir, s.graph_encoder_dir, device=s.device, batch_size=s.batch_size,
+                    policy=policy, featurize_workers=s.featurize_workers)
+
+
+def _schema(dims: dict[str, int], views: list[str]) -> pa.Schema:
+    fields = [
+        pa.field("index", pa.int64()),
+        pa.field("input", pa.string()),
+        pa.field("canonical_smiles", pa.string()),
+        pa.field("status", pa.string()),
+        pa.field("error", pa.string()),
+    ]
+    fields += [pa.field(f"{v}_embedding", pa.list_(pa.float32(), dims[v])) for v in views]
+    return pa.schema(fields)
+
+
+def embed_file(input_csv: Path, output: Path, smiles_column: str | None, views: list[str],
+               chunk_size: int, embedder, progress: bool = True) -> dict[str, int]:
+    column = resolve_smiles_column(input_csv, smiles_column)
+    schema = _schema(embedder.dims, views)
+    counts = {"rows": 0, "ok": 0, "invalid": 0}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(output.suffix + ".partial")
+    with pq.ParquetWriter(tmp, schema) as writer, tqdm(
+        total=count_rows(input_csv), unit="mol", disable=not progress, desc="embedding"
+    ) as bar:
+        for chunk in iter_chunks(input_csv, chunk_size, usecols=[column]):
+            smiles = chunk[column].tolist()
+            out = embedder.embed(smiles, views=views)
+            valid = out.valid
+            arrays = [
+                pa.array(np.arange(counts["rows"], counts["rows"] + len(smiles)), pa.int64()),
+                pa.array(out.inputs, pa.string()),
+                pa.array(out.canonical, pa.string()),
+                pa.array(np.where(valid, "ok", "invalid").tolist(), pa.string()),
+                pa.array(out.errors, pa.string()),
+            ]
+            for v in views:
+                mat = out.vectors[v]
+                flat = pa.array(mat.reshape(-1), pa.float32())
+                arrays.append(pa.FixedSizeListArray.from_arrays(flat, embedder.dims[v], mask=pa.array(~valid)))  # invalid rows: null
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+            counts["rows"] += len(smiles)
+            counts["ok"] += int(valid.sum())
+            counts["invalid"] += int((~valid).sum())
+            bar.update(len(smiles))
+    tmp.replace(output)
+    return counts
+
+
+def register(cli: typer.Typer) -> None:
+    @cli.command("embed")
+    def embed_cmd(
+        input_csv: Path = typer.Argument(..., help="CSV (optionally .gz) with a SMILES column."),
+        output: Path = typer.Option(..., "-o", "--output", help="Output Parquet file."),
+        smiles_column: str | None = typer.Option(None, help="SMILES column (auto-detected when omitted)."),
+        views: str = typer.Option("smiles,graph,fused", help="Comma-separated views: smiles, graph, fused."),
+        batch_size: int | None = typer.Option(None, help="Molecules per encoder pass (default: settings)."),
+        chunk_size: int = typer.Option(20_000, help="Rows read and embedded per chunk."),
+    ) -> None:
+        """Embed every row of INPUT_CSV; one output row per input row, invalid ones with a reason."""
+        from models.embedder import validate_views
+
+        try:
+            view_list = list(validate_views([v.strip() for v in views.split(",") if v.strip()]))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--views") from exc
+        embedder = build_embedder()
+        if batch_size is not None:
+            embedder.batch_size = batch_size
+        try:
+            counts = embed_file(input_csv, output, smiles_column, view_list, chunk_size, embedder)
+        except TableError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        typer.echo(f"wrote {output}: {counts['rows']} rows ({counts['ok']} ok, {counts['invalid']} invalid) "
+                   f"on {embedder.device}")

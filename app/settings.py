@@ -1,0 +1,82 @@
+"""All runtime configuration, read from ``MOLFUSION_*`` environment variables (and an optional ``.env``).
+
+This is the one place settings are defined; ``docs/configuration.md`` documents every field.
+Library code (``models``, ``fusion``, ``grouping``) takes explicit arguments; only ``app`` reads settings.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_REPO_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOLFUSION_", env_file=".env", extra="ignore")
+
+    # --- data and models ---
+    data_dir: Path = Field(
+        default=_REPO_DATA, description="Catalog / benchmark data folder (the MANIFEST.tsv folder)."
+    )
+    heads_dir: Path | None = Field(
+        default=None, description="Head registry folder; default: the heads shipped in the package."
+    )
+    smiles_encoder_dir: Path | None = Field(
+        default=None, description="SMILES-transformer checkpoint folder; default: the built-in one."
+    )
+    graph_encoder_dir: Path | None = Field(
+        default=None, description="Graph-encoder checkpoint folder; default: the built-in one."
+    )
+    device: str = Field(default="auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:N'.")
+    batch_size: int = Field(default=256, ge=1, description="Molecules per encoder forward pass.")
+    featurize_workers: int = Field(
+        default=0, ge=0, description="Processes for featurization of large inputs; 0 = all cores."
+    )
+
+    # --- input validation ---
+    max_smiles_length: int = Field(default=1000, ge=1, description="Longer SMILES are rejected per item.")
+    max_atoms: int = Field(default=200, ge=1, description="Molecules with more heavy atoms are rejected.")
+    salt_policy: Literal["largest", "reject", "keep"] = Field(
+        default="largest",
+        description="Disconnected SMILES: keep the largest fragment, reject, or keep all fragments.",
+    )
+
+    # --- embedding cache ---
+    redis_url: str | None = Field(default=None, description="Redis URL; unset = in-process LRU cache.")
+    cache_max_items: int = Field(default=200_000, ge=0, description="In-process LRU capacity (vectors).")
+    cache_ttl_s: int | None = Field(default=None, ge=1, description="Redis TTL for cached vectors.")
+    cache_dtype: Literal["float16", "float32"] = Field(default="float16", description="Stored precision.")
+    redis_timeout_s: float = Field(default=0.25, gt=0, description="Socket timeout for cache calls.")
+    redis_retry_s: float = Field(default=2.0, gt=0, description="Seconds before retrying a down Redis.")
+
+    # --- service ---
+    host: str = Field(default="127.0.0.1", description="Bind address of `molfusion serve`.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port of `molfusion serve`.")
+    workers: int = Field(default=1, ge=1, description="Uvicorn worker processes.")
+    api_key: str | None = Field(default=None, description="When set, every /v1/* call needs X-API-Key.")
+    max_molecules_per_request: int = Field(default=1000, ge=1, description="413 above this.")
+    max_request_bytes: int = Field(default=2_000_000, ge=1024, description="413 above this body size.")
+    microbatch_max_size: int = Field(default=512, ge=1, description="Dynamic micro-batcher batch cap.")
+    microbatch_max_wait_ms: float = Field(default=2.0, ge=0, description="Micro-batcher max wait.")
+    log_level: str = Field(default="INFO", description="Log level for structured (JSON) logs.")
+    log_json: bool = Field(default=True, description="Emit one JSON object per log line.")
+
+    # --- recommendation jobs ---
+    upload_min_rows: int = Field(default=50, ge=1, description="Fewer valid rows are rejected (422).")
+    upload_max_rows: int = Field(default=100_000, ge=1, description="More rows are rejected (413).")
+    upload_max_bytes: int = Field(default=20_000_000, ge=1024, description="Larger uploads -> 413.")
+    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long job results are kept.")
+    job_timeout_s: int = Field(default=3600, ge=10, description="A job running longer is failed.")
+    catalog_extra: Path | None = Field(
+        default=None, description="JSON file of user-registered catalog sets (default: in heads_dir)."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

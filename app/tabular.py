@@ -1,0 +1,69 @@
+"""Reading molecule tables: SMILES-column detection and chunked CSV streaming shared by the CLI commands."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from models.chemistry import canonicalize
+
+SMILES_COLUMN_NAMES = ("smiles", "canonical_smiles", "smi", "mol", "drug", "molecule", "structure")
+
+
+class TableError(ValueError):
+    """A problem with a user's table (missing column, unreadable file); the message names it."""
+
+
+def detect_smiles_column(columns: list[str], sample: pd.DataFrame | None = None) -> str:
+    """The SMILES column: a well-known name first, else the text column whose values parse best."""
+    lowered = {c.lower().strip(): c for c in columns}
+    for name in SMILES_COLUMN_NAMES:
+        if name in lowered:
+            return lowered[name]
+    if sample is not None and len(sample):
+        best, best_rate = None, 0.0
+        for col in columns:
+            values = sample[col].dropna().astype(str).head(20).tolist()
+            if not values:
+                continue
+            rate = sum(canonicalize(v) is not None for v in values) / len(values)
+            if rate > best_rate:
+                best, best_rate = col, rate
+        if best is not None and best_rate >= 0.5:
+            return best
+    raise TableError(f"no SMILES column found among {columns}; pass --smiles-column")
+
+
+def read_header(path: Path) -> tuple[list[str], pd.DataFrame]:
+    if not path.exists():
+        raise TableError(f"input file not found: {path}")
+    try:
+        sample = pd.read_csv(path, nrows=50)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise TableError(f"{path} is not a readable CSV: {exc}") from exc
+    return list(sample.columns), sample
+
+
+def resolve_smiles_column(path: Path, smiles_column: str | None) -> str:
+    columns, sample = read_header(path)
+    if smiles_column is None:
+        return detect_smiles_column(columns, sample)
+    if smiles_column not in columns:
+        raise TableError(f"column {smiles_column!r} not in {path.name} (columns: {columns})")
+    return smiles_column
+
+
+def iter_chunks(path: Path, chunk_size: int, usecols: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    """Stream a CSV (optionally gzipped) in chunks; never loads the whole file."""
+    yield from pd.read_csv(path, chunksize=chunk_size, usecols=usecols, dtype=str, keep_default_na=False)
+
+
+def count_rows(path: Path) -> int | None:
+    """Data rows of an uncompressed CSV (for progress bars); None when not cheap to know."""
+    if path.suffix == ".gz":
+        return None
+    with path.open("rb") as fh:
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    return max(lines - 1, 0)

@@ -1,0 +1,1 @@
+"""Auxiliary-dataset recommendation (MolGroup-style routing) over the catalog of labelled sets."""

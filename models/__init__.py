@@ -1,0 +1,1 @@
+"""Molecule chemistry, tokenizer, graph featurizer, the two encoders, the embedder and pretraining."""

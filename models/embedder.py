@@ -1,0 +1,263 @@
+"""Batch embedding of molecules in the SMILES view, the graph view and the fused (concatenated) view.
+
+>>> emb = Embedder()                                     # the built-in pretrained encoders
+>>> out = emb.embed(["CCO", "not-a-smiles"], views=("smiles", "graph", "fused"))
+>>> out.errors[1], np.isnan(out.vectors["fused"][1]).all()
+('unparsable SMILES (RDKit could not parse or sanitize it)', True)
+
+Rows are aligned with the input: an invalid SMILES yields a NaN row plus its reason. Each SMILES is
+parsed once; the encoders see canonical SMILES, so equivalent inputs give identical vectors. Vectors
+are looked up in an optional :class:`~models.embedding_cache.VectorCache` first, and only missing
+ones are computed, in length-sorted batches, on CUDA with bf16 autocast when present.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.chemistry import ParsePolicy, parse_smiles
+from models.embedding_cache import VectorCache, cache_key
+from models.featurizer import (
+    PARALLEL_THRESHOLD,
+    MolGraph,
+    collate_graphs,
+    featurize_smiles,
+    mol_to_graph,
+)
+from models.graph_encoder import GraphEncoder
+from models.smiles_encoder import MolFormerModel, load_smiles_encoder
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+DEFAULT_SMILES_ENCODER = CHECKPOINTS / "smiles"
+DEFAULT_GRAPH_ENCODER = CHECKPOINTS / "graph"
+VIEWS = ("smiles", "graph", "fused")
+ENCODER_VIEWS = ("smiles", "graph")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def device_description(device: torch.device) -> dict[str, str]:
+    if device.type == "cuda":
+        return {"type": "cuda", "name": torch.cuda.get_device_name(device)}
+    return {"type": "cpu", "name": "cpu"}
+
+
+def validate_views(views: Sequence[str]) -> tuple[str, ...]:
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown view(s) {unknown}; choose from {list(VIEWS)}")
+    if not views:
+        raise ValueError("at least one view is required")
+    return tuple(dict.fromkeys(views))
+
+
+@dataclass
+class EmbeddingBatch:
+    """Row-aligned result of :meth:`Embedder.embed`."""
+
+    inputs: list[str]
+    canonical: list[str | None]
+    errors: list[str | None]
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # view -> float32 [N, dim]
+
+    @property
+    def valid(self) -> np.ndarray:
+        return np.array([e is None for e in self.errors], dtype=bool)
+
+
+class SmilesView:
+    """The SMILES transformer with its tokenizer; embeds canonical SMILES."""
+
+    def __init__(self, model: MolFormerModel, tokenizer, version: str) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.version = version
+        self.dim = model.config.hidden_size
+        self.max_length = model.config.max_position_embeddings
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SmilesView:
+        model, tokenizer, meta = load_smiles_encoder(directory)
+        return cls(model, tokenizer, meta.get("version") or f"molformer-{Path(directory).name}")
+
+    @torch.inference_mode()
+    def encode(self, smiles: Sequence[str], device: torch.device, batch_size: int) -> np.ndarray:
+        out = np.empty((len(smiles), self.dim), dtype=np.float32)
+        if not smiles:
+            return out
+        order = np.argsort([len(s) for s in smiles], kind="stable")  # length buckets
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = self.tokenizer(
+                [smiles[i] for i in idx], padding=True, truncation=True, max_length=self.max_length,
+                return_tensors="pt", return_token_type_ids=False,
+            )
+            ids = enc["input_ids"].to(device, non_blocking=True)
+            mask = enc["attention_mask"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                vec = self.model.embed(ids, mask)
+            out[idx] = vec.float().cpu().numpy()
+        return out
+
+
+class GraphView:
+    """The GINE graph encoder; embeds featurized molecular graphs."""
+
+    def __init__(self, model: GraphEncoder, version: str) -> None:
+        self.model = model.eval()
+        self.version = version
+        self.dim = model.embedding_size
+
+    @classmethod
+    def load(cls, directory: str | Path) -> GraphView:
+        from models.checkpoint import read_meta
+
+        meta = read_meta(Path(directory))
+        return cls(GraphEncoder.load(directory), meta.get("version") or f"mhg-gin-{Path(directory).name}")
+
+    @torch.inference_mode()
+    def encode(self, graphs: Sequence[MolGraph], device: torch.device, batch_size: int) -> np.ndarray:
+        out = np.empty((len(graphs), self.dim), dtype=np.float32)
+        if not graphs:
+            return out
+        order = np.argsort([g.x.shape[0] for g in graphs], kind="stable")
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = collate_graphs([graphs[i] for i in idx]).to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                vec = self.model.embed(batch)
+            out[idx] = vec.float().cpu().numpy()
+        return out
+
+
+class Embedder:
+    """Embeds SMILES in the ``smiles``, ``graph`` and ``fused`` views, row-aligned with the input."""
+
+    def __init__(
+        self,
+        smiles_encoder: str | Path | SmilesView | None = None,
+        graph_encoder: str | Path | GraphView | None = None,
+        device: str = "auto",
+        batch_size: int = 256,
+        policy: ParsePolicy = ParsePolicy(),
+        cache: VectorCache | None = None,
+        featurize_workers: int = 0,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.smiles = smiles_encoder if isinstance(smiles_encoder, SmilesView) else SmilesView.load(
+            _checkpoint(smiles_encoder, DEFAULT_SMILES_ENCODER, "SMILES")
+        )
+        self.graph = graph_encoder if isinstance(graph_encoder, GraphView) else GraphView.load(
+            _checkpoint(graph_encoder, DEFAULT_GRAPH_ENCODER, "graph")
+        )
+        self.smiles.model.to(self.device)
+        self.graph.model.to(self.device)
+        self.batch_size = batch_size
+        self.policy = policy
+        self.cache = cache
+        self.featurize_workers = featurize_workers
+        log.info("embedder ready", extra={"device": str(self.device), "versions": self.versions})
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {"smiles": self.smiles.version, "graph": self.graph.version}
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {"smiles": self.smiles.dim, "graph": self.graph.dim, "fused": self.smiles.dim + self.graph.dim}
+
+    def embed(self, smiles: Sequence[object], views: Sequence[str] = VIEWS) -> EmbeddingBatch:
+        """Embed ``smiles``; invalid inputs give NaN rows and a reason, never an exception."""
+        views = validate_views(views)
+        inputs = [s if isinstance(s, str) else str(s) for s in smiles]
+        needed = {"smiles", "graph"} if "fused" in views else set(views)
+        n = len(inputs)
+        canonical: list[str | None] = [None] * n
+        errors: list[str | None] = [None] * n
+        mols: dict[str, object] = {}
+        graphs: dict[str, MolGraph] = {}
+        parallel = n >= PARALLEL_THRESHOLD and self.featurize_workers != 1 and "graph" in needed
+        if parallel:
+            for i, item in enumerate(featurize_smiles(smiles, self.policy, self.featurize_workers)):
+                canonical[i], errors[i] = item.canonical, item.error
+                if item.graph is not None:
+                    graphs.setdefault(item.canonical, item.graph)
+        else:
+            for i, raw in enumerate(smiles):
+                parsed = parse_smiles(raw, self.policy)
+                canonical[i], errors[i] = parsed.canonical, parsed.error
+                if parsed.mol is not None:
+                    mols.setdefault(parsed.canonical, parsed.mol)
+        unique = list(dict.fromkeys(c for c in canonical if c is not None))
+        per_view = {v: self._vectors(v, unique, mols, graphs) for v in ("smiles", "graph") if v in needed}
+        row_of = {c: j for j, c in enumerate(unique)}
+        rows = np.array([row_of.get(c, -1) if c is not None else -1 for c in canonical], dtype=np.int64)
+        result = EmbeddingBatch(inputs=inputs, canonical=canonical, errors=errors)
+        for view in views:
+            table = (np.concatenate([per_view["smiles"], per_view["graph"]], axis=1)
+                     if view == "fused" else per_view[view])
+            out = np.full((n, self.dims[view]), np.nan, dtype=np.float32)
+            ok = rows >= 0
+            out[ok] = table[rows[ok]]
+            result.vectors[view] = out
+        return result
+
+    def embed_canonical(self, canonical: Sequence[str], view: str) -> np.ndarray:
+        """Vectors for already-canonical, valid SMILES in one encoder view (cache consulted)."""
+        if view not in ENCODER_VIEWS:
+            raise ValueError(f"view must be one of {ENCODER_VIEWS}")
+        return self._vectors(view, list(canonical), {}, {})
+
+    def _vectors(self, view: str, unique: list[str], mols: dict, graphs: dict[str, MolGraph]) -> np.ndarray:
+        encoder = self.smiles if view == "smiles" else self.graph
+        table = np.empty((len(unique), encoder.dim), dtype=np.float32)
+        keys = [cache_key(encoder.version, c) for c in unique]
+        cached = self.cache.get_many(keys) if self.cache is not None and unique else [None] * len(unique)
+        missing = [j for j, vec in enumerate(cached) if vec is None or vec.shape != (encoder.dim,)]
+        for j, vec in enumerate(cached):
+            if vec is not None and vec.shape == (encoder.dim,):
+                table[j] = vec
+        if missing:
+            todo = [unique[j] for j in missing]
+            if view == "smiles":
+                fresh = self.smiles.encode(todo, self.device, self.batch_size)
+            else:
+                fresh = self.graph.encode([self._graph_for(c, mols, graphs) for c in todo],
+                                          self.device, self.batch_size)
+            table[missing] = fresh
+            if self.cache is not None:
+                self.cache.set_many([(keys[j], table[j]) for j in missing])
+        return table
+
+    def _graph_for(self, canonical: str, mols: dict, graphs: dict[str, MolGraph]) -> MolGraph:
+        if canonical in graphs:
+            return graphs[canonical]
+        mol = mols.get(canonical)
+        if mol is None:  # embed_canonical path: parse the canonical form itself
+            mol = parse_smiles(canonical, ParsePolicy(max_smiles_length=10**9, max_atoms=10**9,
+                                                      salt_policy="keep")).mol
+        return mol_to_graph(mol)
+
+
+def _checkpoint(given: str | Path | None, default: Path, what: str) -> Path:
+    path = Path(given) if given is not None else default
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"no {what} encoder checkpoint at {path} (expected config.json and model.safetensors)"
+        )
+    return path
