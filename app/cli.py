@@ -1,22 +1,36 @@
 """The ``molfusion`` command line. Each sub-command lives in ``app/commands/<name>.py`` and exposes
-``register(cli)``; this module only assembles them."""
+``register(cli)``; this module only assembles them (every module in that package is registered)."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 import typer
 
-from app.commands import embed
+import app.commands
 
 cli = typer.Typer(
     name="molfusion",
     help="Molecular property prediction from fused SMILES-transformer and graph-encoder embeddings.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
 
-# One line per command module; keep this list the only place commands are wired in.
-for module in (embed,):
-    module.register(cli)
+
+@cli.callback()
+def _root() -> None:
+    """molfusion: embed molecules, train and serve property heads, recommend auxiliary data sets."""
+    from app.logging_setup import configure_logging
+    from app.settings import get_settings
+
+    s = get_settings()
+    configure_logging(s.log_level, s.log_json)
+
+
+for _info in sorted(pkgutil.iter_modules(app.commands.__path__), key=lambda m: m.name):
+    importlib.import_module(f"app.commands.{_info.name}").register(cli)
 
 
 def main() -> None:
