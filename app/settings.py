@@ -80,3 +80,26 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_markdown() -> str:
+    """The configuration reference (docs/configuration.md is this text; a test keeps them equal)."""
+    lines = [
+        "# Configuration",
+        "",
+        "Every setting is an environment variable with the `MOLFUSION_` prefix (also read from a `.env` file",
+        "in the working directory). This file is generated from `app/settings.py` by",
+        "`python -m app.settings > docs/configuration.md`; a test keeps the two in step.",
+        "",
+        "| variable | default | description |",
+        "| --- | --- | --- |",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "(built-in)" if name == "data_dir" else ("unset" if default is None else f"`{default}`")
+        lines.append(f"| `MOLFUSION_{name.upper()}` | {shown} | {field.description or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")

@@ -1,0 +1,1 @@
+"""FastAPI application: one router per resource, assembled in ``app.api.main``."""

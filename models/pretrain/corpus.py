@@ -1,0 +1,160 @@
+"""Pretraining corpus: canonicalise, de-duplicate and remove every benchmark molecule.
+
+A corpus molecule is removed when its canonical SMILES (stereo kept, :func:`models.chemistry.parse_smiles`
+with the default policy) *or* its stereo-free canonical SMILES equals that of any molecule in any
+data set listed in the data folder's ``MANIFEST.tsv`` outside ``pretrain/``. Comparing the
+stereo-free forms as well catches benchmark molecules whose stereo-annotated SMILES would otherwise
+slip past an exact match (MOSES itself carries no stereo).
+
+The filtered corpus is written as a gzipped one-column CSV (``SMILES``) of canonical SMILES, the
+form the encoders see at inference time.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+from rdkit import Chem
+
+from models.chemistry import parse_smiles
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_FOLDER = "pretrain"
+CORPUS_COLUMN = "SMILES"
+_CHUNK = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class MoleculeKeys:
+    """Canonical SMILES with and without stereo; ``None`` for unparsable input."""
+
+    canonical: str | None
+    flat: str | None
+
+
+@dataclass
+class FilterReport:
+    """Counts of one filtering run (written beside the corpus as JSON by the CLI)."""
+
+    corpus_rows: int
+    invalid: int
+    duplicates: int
+    removed_exact: int
+    removed_stereo_free: int
+    kept: int
+    reference_molecules: int
+    reference_files: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def molecule_keys(smiles: object) -> MoleculeKeys:
+    parsed = parse_smiles(smiles)
+    if parsed.mol is None:
+        return MoleculeKeys(None, None)
+    return MoleculeKeys(parsed.canonical, Chem.MolToSmiles(parsed.mol, isomericSmiles=False))
+
+
+def _keys_chunk(chunk: list[object]) -> list[MoleculeKeys]:
+    return [molecule_keys(s) for s in chunk]
+
+
+def keys_for(smiles: Sequence[object], workers: int = 0) -> list[MoleculeKeys]:
+    """Row-aligned :class:`MoleculeKeys`, computed in ``workers`` processes (0 = all cores)."""
+    n_workers = workers or (os.cpu_count() or 1)
+    if n_workers <= 1 or len(smiles) < 2 * _CHUNK:
+        return _keys_chunk(list(smiles))
+    chunks = [list(smiles[i : i + _CHUNK]) for i in range(0, len(smiles), _CHUNK)]
+    out: list[MoleculeKeys] = []
+    with ProcessPoolExecutor(max_workers=n_workers) as pool:
+        for part in pool.map(_keys_chunk, chunks):
+            out.extend(part)
+    return out
+
+
+def reference_tables(data_dir: Path) -> list[tuple[Path, str]]:
+    """``(file, smiles column)`` of every data set in ``MANIFEST.tsv`` outside the pretraining folder."""
+    manifest = pd.read_csv(data_dir / "MANIFEST.tsv", sep="\t")
+    tables = []
+    for row in manifest.itertuples(index=False):
+        if str(row.file).split("/")[0] == PRETRAIN_FOLDER:
+            continue
+        tables.append((data_dir / str(row.file), str(row.smiles_col)))
+    return tables
+
+
+def reference_keys(data_dir: Path, workers: int = 0) -> tuple[set[str], set[str], int]:
+    """Canonical and stereo-free canonical SMILES of all benchmark molecules, and the file count."""
+    tables = reference_tables(data_dir)
+    smiles: list[str] = []
+    for path, column in tables:
+        frame = pd.read_csv(path, usecols=[column], dtype={column: str})
+        smiles.extend(frame[column].dropna().tolist())
+    keys = keys_for(list(dict.fromkeys(smiles)), workers)
+    exact = {k.canonical for k in keys if k.canonical is not None}
+    flat = {k.flat for k in keys if k.flat is not None}
+    return exact, flat, len(tables)
+
+
+def read_corpus(path: Path, column: str = CORPUS_COLUMN, limit: int | None = None) -> list[str]:
+    frame = pd.read_csv(path, usecols=[column], dtype={column: str}, nrows=limit)
+    return frame[column].dropna().tolist()
+
+
+def write_corpus(smiles: Iterable[str], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([CORPUS_COLUMN])
+        writer.writerows([s] for s in smiles)
+
+
+def filter_corpus(
+    corpus: Sequence[str], exact: set[str], flat: set[str], workers: int = 0
+) -> tuple[list[str], FilterReport]:
+    """Canonicalise ``corpus``; drop invalid rows, duplicates and molecules found in the references."""
+    keys = keys_for(corpus, workers)
+    kept: list[str] = []
+    seen: set[str] = set()
+    invalid = duplicates = removed_exact = removed_flat = 0
+    for key in keys:
+        if key.canonical is None or key.flat is None:
+            invalid += 1
+        elif key.canonical in exact:
+            removed_exact += 1
+        elif key.flat in flat:
+            removed_flat += 1
+        elif key.canonical in seen:
+            duplicates += 1
+        else:
+            seen.add(key.canonical)
+            kept.append(key.canonical)
+    report = FilterReport(
+        corpus_rows=len(corpus), invalid=invalid, duplicates=duplicates, removed_exact=removed_exact,
+        removed_stereo_free=removed_flat, kept=len(kept), reference_molecules=len(exact), reference_files=0,
+    )
+    return kept, report
+
+
+def build_filtered_corpus(
+    corpus_path: Path, data_dir: Path, out_path: Path, workers: int = 0, limit: int | None = None
+) -> FilterReport:
+    """Read, filter against every benchmark in ``data_dir`` and write the corpus; returns the counts."""
+    exact, flat, n_files = reference_keys(data_dir, workers)
+    log.info("benchmark molecules collected", extra={"molecules": len(exact), "files": n_files})
+    kept, report = filter_corpus(read_corpus(corpus_path, limit=limit), exact, flat, workers)
+    report.reference_files = n_files
+    write_corpus(kept, out_path)
+    log.info("corpus filtered", extra=report.as_dict())
+    return report
