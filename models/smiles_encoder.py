@@ -251,7 +251,6 @@ def xl_config(vocab_size: int) -> MolFormerConfig:
     )
 
 
-
 def save_smiles_encoder(
     model: MolFormerModel,
     tokenizer,
@@ -276,6 +275,10 @@ def load_smiles_encoder(directory: str | Path):
     from models.tokenizer import load_tokenizer
 
     src = Path(directory)
-    model = MolFormerModel.from_pretrained(str(src), dtype=torch.float32) if _TRANSFORMERS_5 else \
-        MolFormerModel.from_pretrained(str(src), torch_dtype=torch.float32)
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar in services/CLIs
+    model = (
+        MolFormerModel.from_pretrained(str(src), dtype=torch.float32)
+        if _TRANSFORMERS_5
+        else MolFormerModel.from_pretrained(str(src), torch_dtype=torch.float32)
+    )
     return model.eval(), load_tokenizer(src), read_meta(src)
