@@ -104,8 +104,12 @@ class SmilesView:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             enc = self.tokenizer(
-                [smiles[i] for i in idx], padding=True, truncation=True, max_length=self.max_length,
-                return_tensors="pt", return_token_type_ids=False,
+                [smiles[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+                return_token_type_ids=False,
             )
             ids = enc["input_ids"].to(device, non_blocking=True)
             mask = enc["attention_mask"].to(device, non_blocking=True)
@@ -159,11 +163,15 @@ class Embedder:
         featurize_workers: int = 0,
     ) -> None:
         self.device = resolve_device(device)
-        self.smiles = smiles_encoder if isinstance(smiles_encoder, SmilesView) else SmilesView.load(
-            _checkpoint(smiles_encoder, DEFAULT_SMILES_ENCODER, "SMILES")
+        self.smiles = (
+            smiles_encoder
+            if isinstance(smiles_encoder, SmilesView)
+            else SmilesView.load(_checkpoint(smiles_encoder, DEFAULT_SMILES_ENCODER, "SMILES"))
         )
-        self.graph = graph_encoder if isinstance(graph_encoder, GraphView) else GraphView.load(
-            _checkpoint(graph_encoder, DEFAULT_GRAPH_ENCODER, "graph")
+        self.graph = (
+            graph_encoder
+            if isinstance(graph_encoder, GraphView)
+            else GraphView.load(_checkpoint(graph_encoder, DEFAULT_GRAPH_ENCODER, "graph"))
         )
         self.smiles.model.to(self.device)
         self.graph.model.to(self.device)
@@ -209,8 +217,11 @@ class Embedder:
         rows = np.array([row_of.get(c, -1) if c is not None else -1 for c in canonical], dtype=np.int64)
         result = EmbeddingBatch(inputs=inputs, canonical=canonical, errors=errors)
         for view in views:
-            table = (np.concatenate([per_view["smiles"], per_view["graph"]], axis=1)
-                     if view == "fused" else per_view[view])
+            table = (
+                np.concatenate([per_view["smiles"], per_view["graph"]], axis=1)
+                if view == "fused"
+                else per_view[view]
+            )
             out = np.full((n, self.dims[view]), np.nan, dtype=np.float32)
             ok = rows >= 0
             out[ok] = table[rows[ok]]
@@ -237,8 +248,9 @@ class Embedder:
             if view == "smiles":
                 fresh = self.smiles.encode(todo, self.device, self.batch_size)
             else:
-                fresh = self.graph.encode([self._graph_for(c, mols, graphs) for c in todo],
-                                          self.device, self.batch_size)
+                fresh = self.graph.encode(
+                    [self._graph_for(c, mols, graphs) for c in todo], self.device, self.batch_size
+                )
             table[missing] = fresh
             if self.cache is not None:
                 self.cache.set_many([(keys[j], table[j]) for j in missing])
@@ -249,8 +261,9 @@ class Embedder:
             return graphs[canonical]
         mol = mols.get(canonical)
         if mol is None:  # embed_canonical path: parse the canonical form itself
-            mol = parse_smiles(canonical, ParsePolicy(max_smiles_length=10**9, max_atoms=10**9,
-                                                      salt_policy="keep")).mol
+            mol = parse_smiles(
+                canonical, ParsePolicy(max_smiles_length=10**9, max_atoms=10**9, salt_policy="keep")
+            ).mol
         return mol_to_graph(mol)
 
 

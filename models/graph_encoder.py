@@ -87,8 +87,10 @@ class GraphEncoder(nn.Module):
             FeatureEmbedding(config.bond_feature_dims, h) for _ in range(config.num_layers)
         )
         self.convs = nn.ModuleList(
-            GINEConv(nn.Sequential(nn.Linear(h, 2 * h), nn.BatchNorm1d(2 * h), nn.ReLU(), nn.Linear(2 * h, h)),
-                     train_eps=True)
+            GINEConv(
+                nn.Sequential(nn.Linear(h, 2 * h), nn.BatchNorm1d(2 * h), nn.ReLU(), nn.Linear(2 * h, h)),
+                train_eps=True,
+            )
             for _ in range(config.num_layers)
         )
         self.norms = nn.ModuleList(nn.BatchNorm1d(h) for _ in range(config.num_layers))
@@ -97,7 +99,9 @@ class GraphEncoder(nn.Module):
     def embedding_size(self) -> int:
         return self.config.embedding_size
 
-    def node_states(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> list[torch.Tensor]:
+    def node_states(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor
+    ) -> list[torch.Tensor]:
         """Node states of every layer, input layer first."""
         h = self.atom_embedding(x)
         states = [h]
@@ -122,8 +126,13 @@ class GraphEncoder(nn.Module):
     forward = embed
 
     # --- directory checkpoints ---
-    def save(self, directory: str | Path, name: str = "mhg-gin", extra_meta: dict | None = None,
-             dtype: torch.dtype = torch.float16) -> str:
+    def save(
+        self,
+        directory: str | Path,
+        name: str = "mhg-gin",
+        extra_meta: dict | None = None,
+        dtype: torch.dtype = torch.float16,
+    ) -> str:
         """Write config, fp16 safetensors weights and version; returns the version string."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -164,17 +173,26 @@ class GraphEncoderForPretraining(nn.Module):
         """
         h = self.encoder.node_states(x, edge_index, edge_attr)[-1]
         h_atoms = h[atom_mask]
-        atom_loss = sum(F.cross_entropy(head(h_atoms).float(), x_true[atom_mask, j])
-                        for j, head in enumerate(self.atom_heads)) / len(self.atom_heads)
+        atom_loss = sum(
+            F.cross_entropy(head(h_atoms).float(), x_true[atom_mask, j])
+            for j, head in enumerate(self.atom_heads)
+        ) / len(self.atom_heads)
         src, dst = edge_index[:, bond_mask]
         h_bonds = h[src] + h[dst]
         if h_bonds.shape[0]:
-            bond_loss = sum(F.cross_entropy(head(h_bonds).float(), edge_attr_true[bond_mask, j])
-                            for j, head in enumerate(self.bond_heads)) / len(self.bond_heads)
+            bond_loss = sum(
+                F.cross_entropy(head(h_bonds).float(), edge_attr_true[bond_mask, j])
+                for j, head in enumerate(self.bond_heads)
+            ) / len(self.bond_heads)
             bond_acc = (self.bond_heads[0](h_bonds).argmax(-1) == edge_attr_true[bond_mask, 0]).float().mean()
         else:
             bond_loss = h.sum() * 0.0
             bond_acc = torch.tensor(1.0, device=h.device)
         atom_acc = (self.atom_heads[0](h_atoms).argmax(-1) == x_true[atom_mask, 0]).float().mean()
-        return {"loss": atom_loss + bond_loss, "atom_loss": atom_loss, "bond_loss": bond_loss,
-                "atom_acc": atom_acc, "bond_acc": bond_acc}
+        return {
+            "loss": atom_loss + bond_loss,
+            "atom_loss": atom_loss,
+            "bond_loss": bond_loss,
+            "atom_acc": atom_acc,
+            "bond_acc": bond_acc,
+        }

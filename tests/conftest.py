@@ -41,8 +41,13 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory, bbbp_smiles: list
     root = tmp_path_factory.mktemp("encoders")
     torch.manual_seed(0)
     tokenizer = build_tokenizer(bbbp_smiles)
-    config = MolFormerConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                             num_attention_heads=4, intermediate_size=64)
+    config = MolFormerConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+    )
     save_smiles_encoder(MolFormerModel(config), tokenizer, root / "smiles", name="tiny-molformer")
     GraphEncoder(GraphEncoderConfig(hidden_size=16, num_layers=2)).save(root / "graph", name="tiny-gin")
     return {"smiles": root / "smiles", "graph": root / "graph"}
@@ -56,7 +61,9 @@ def tiny_embedder(tiny_checkpoints: dict[str, Path]):
 
 
 @pytest.fixture()
-def tiny_env(tiny_checkpoints: dict[str, Path], data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def tiny_env(
+    tiny_checkpoints: dict[str, Path], data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """Settings pointing at the tiny encoders, the real data folder and a fresh heads folder."""
     from app.settings import get_settings
 

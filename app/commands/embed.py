@@ -20,9 +20,17 @@ def build_embedder():
     from models.embedder import Embedder
 
     s = get_settings()
-    policy = ParsePolicy(max_smiles_length=s.max_smiles_length, max_atoms=s.max_atoms, salt_policy=s.salt_policy)
-    return Embedder(s.smiles_encoder_dir, s.graph_encoder_dir, device=s.device, batch_size=s.batch_size,
-                    policy=policy, featurize_workers=s.featurize_workers)
+    policy = ParsePolicy(
+        max_smiles_length=s.max_smiles_length, max_atoms=s.max_atoms, salt_policy=s.salt_policy
+    )
+    return Embedder(
+        s.smiles_encoder_dir,
+        s.graph_encoder_dir,
+        device=s.device,
+        batch_size=s.batch_size,
+        policy=policy,
+        featurize_workers=s.featurize_workers,
+    )
 
 
 def _schema(dims: dict[str, int], views: list[str]) -> pa.Schema:
@@ -37,16 +45,24 @@ def _schema(dims: dict[str, int], views: list[str]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def embed_file(input_csv: Path, output: Path, smiles_column: str | None, views: list[str],
-               chunk_size: int, embedder, progress: bool = True) -> dict[str, int]:
+def embed_file(
+    input_csv: Path,
+    output: Path,
+    smiles_column: str | None,
+    views: list[str],
+    chunk_size: int,
+    embedder,
+    progress: bool = True,
+) -> dict[str, int]:
     column = resolve_smiles_column(input_csv, smiles_column)
     schema = _schema(embedder.dims, views)
     counts = {"rows": 0, "ok": 0, "invalid": 0}
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(output.suffix + ".partial")
-    with pq.ParquetWriter(tmp, schema) as writer, tqdm(
-        total=count_rows(input_csv), unit="mol", disable=not progress, desc="embedding"
-    ) as bar:
+    with (
+        pq.ParquetWriter(tmp, schema) as writer,
+        tqdm(total=count_rows(input_csv), unit="mol", disable=not progress, desc="embedding") as bar,
+    ):
         for chunk in iter_chunks(input_csv, chunk_size, usecols=[column]):
             smiles = chunk[column].tolist()
             out = embedder.embed(smiles, views=views)
@@ -61,7 +77,9 @@ def embed_file(input_csv: Path, output: Path, smiles_column: str | None, views: 
             for v in views:
                 mat = out.vectors[v]
                 flat = pa.array(mat.reshape(-1), pa.float32())
-                arrays.append(pa.FixedSizeListArray.from_arrays(flat, embedder.dims[v], mask=pa.array(~valid)))  # invalid rows: null
+                arrays.append(
+                    pa.FixedSizeListArray.from_arrays(flat, embedder.dims[v], mask=pa.array(~valid))
+                )  # invalid rows: null
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
             counts["rows"] += len(smiles)
             counts["ok"] += int(valid.sum())
@@ -96,5 +114,7 @@ def register(cli: typer.Typer) -> None:
         except TableError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-        typer.echo(f"wrote {output}: {counts['rows']} rows ({counts['ok']} ok, {counts['invalid']} invalid) "
-                   f"on {embedder.device}")
+        typer.echo(
+            f"wrote {output}: {counts['rows']} rows ({counts['ok']} ok, {counts['invalid']} invalid) "
+            f"on {embedder.device}"
+        )
