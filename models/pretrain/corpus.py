@@ -21,7 +21,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pandas as pd
 from rdkit import Chem
 
 from models.chemistry import parse_smiles
@@ -84,6 +83,8 @@ def keys_for(smiles: Sequence[object], workers: int = 0) -> list[MoleculeKeys]:
 
 def reference_tables(data_dir: Path) -> list[tuple[Path, str]]:
     """``(file, smiles column)`` of every data set in ``MANIFEST.tsv`` outside the pretraining folder."""
+    import pandas as pd
+
     manifest = pd.read_csv(data_dir / "MANIFEST.tsv", sep="\t")
     tables = []
     for row in manifest.itertuples(index=False):
@@ -93,22 +94,41 @@ def reference_tables(data_dir: Path) -> list[tuple[Path, str]]:
     return tables
 
 
-def reference_keys(data_dir: Path, workers: int = 0) -> tuple[set[str], set[str], int]:
-    """Canonical and stereo-free canonical SMILES of all benchmark molecules, and the file count."""
+def reference_smiles(data_dir: Path) -> tuple[list[str], int]:
+    """Unique SMILES of every benchmark data set (see :func:`reference_tables`) and the file count."""
+    import pandas as pd
+
     tables = reference_tables(data_dir)
     smiles: list[str] = []
     for path, column in tables:
         frame = pd.read_csv(path, usecols=[column], dtype={column: str})
         smiles.extend(frame[column].dropna().tolist())
-    keys = keys_for(list(dict.fromkeys(smiles)), workers)
-    exact = {k.canonical for k in keys if k.canonical is not None}
-    flat = {k.flat for k in keys if k.flat is not None}
-    return exact, flat, len(tables)
+    return list(dict.fromkeys(smiles)), len(tables)
+
+
+def reference_keys(smiles: Sequence[str], workers: int = 0) -> tuple[set[str], set[str]]:
+    """Canonical and stereo-free canonical SMILES of the reference (benchmark) molecules."""
+    keys = keys_for(smiles, workers)
+    return {k.canonical for k in keys if k.canonical}, {k.flat for k in keys if k.flat}
 
 
 def read_corpus(path: Path, column: str = CORPUS_COLUMN, limit: int | None = None) -> list[str]:
-    frame = pd.read_csv(path, usecols=[column], dtype={column: str}, nrows=limit)
-    return frame[column].dropna().tolist()
+    """Non-empty values of ``column`` from a (gzipped) CSV, at most ``limit`` rows (csv module only, so
+    the GPU host needs no pandas)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        if column not in header:
+            raise ValueError(f"{path}: no column {column!r} (columns: {header})")
+        j = header.index(column)
+        out: list[str] = []
+        for row in reader:
+            if limit is not None and len(out) >= limit:
+                break
+            if len(row) > j and row[j]:
+                out.append(row[j])
+    return out
 
 
 def write_corpus(smiles: Iterable[str], path: Path) -> None:
@@ -148,13 +168,14 @@ def filter_corpus(
 
 
 def build_filtered_corpus(
-    corpus_path: Path, data_dir: Path, out_path: Path, workers: int = 0, limit: int | None = None
+    corpus_path: Path, references: Sequence[str], out_path: Path, workers: int = 0, limit: int | None = None,
+    reference_files: int = 0,
 ) -> FilterReport:
-    """Read, filter against every benchmark in ``data_dir`` and write the corpus; returns the counts."""
-    exact, flat, n_files = reference_keys(data_dir, workers)
-    log.info("benchmark molecules collected", extra={"molecules": len(exact), "files": n_files})
+    """Filter ``corpus_path`` against the ``references`` SMILES and write it; returns the counts."""
+    exact, flat = reference_keys(references, workers)
+    log.info("benchmark molecules collected", extra={"molecules": len(exact), "files": reference_files})
     kept, report = filter_corpus(read_corpus(corpus_path, limit=limit), exact, flat, workers)
-    report.reference_files = n_files
+    report.reference_files = reference_files
     write_corpus(kept, out_path)
     log.info("corpus filtered", extra=report.as_dict())
     return report

@@ -1,0 +1,135 @@
+"""The two pretraining pipelines end to end: corpus file -> tokens / graphs -> training -> encoder folder.
+
+Output folder layout (``out``): ``state/`` (resumable checkpoint, pretraining heads included),
+``log.jsonl`` (one line per ``log_every`` steps), ``data.json`` (corpus counts and preparation time),
+``tokenizer/`` (SMILES only: built once from the corpus, reused on resume) and ``encoder/`` (the
+shipped encoder, fp16 safetensors, no heads; rewritten at every checkpoint).
+
+``before_train`` runs once the data is on the device and before the first step (the GPU script uses
+it to start both pipelines' timed training together when they share one GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from models.pretrain.corpus import read_corpus
+from models.pretrain.trainer import Position, TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+ENCODER_DIR = "encoder"
+TOKENIZER_DIR = "tokenizer"
+DATA_FILE = "data.json"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _write_data_info(out: Path, info: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DATA_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def pretrain_smiles(
+    corpus: Path,
+    out: Path,
+    cfg: TrainConfig,
+    model_overrides: dict | None = None,
+    device: str = "auto",
+    max_seconds: float | None = None,
+    stop_after: int | None = None,
+    limit: int | None = None,
+    before_train: Callable[[], None] | None = None,
+) -> Position:
+    """MLM-pretrain the SMILES transformer on ``corpus``; resumes when ``out`` holds a checkpoint."""
+    from models.pretrain.smiles_mlm import SmilesMLMTask, tokenize_corpus
+    from models.smiles_encoder import MolFormerConfig, count_parameters
+    from models.tokenizer import build_tokenizer, load_tokenizer
+
+    dev = _device(device)
+    t0 = time.monotonic()
+    smiles = read_corpus(corpus, limit=limit)
+    tok_dir = out / TOKENIZER_DIR
+    if (tok_dir / "tokenizer.json").exists():
+        tokenizer = load_tokenizer(tok_dir)
+    else:
+        tokenizer = build_tokenizer(smiles)
+        tokenizer.save_pretrained(str(tok_dir))
+    config = MolFormerConfig(vocab_size=len(tokenizer), **(model_overrides or {}))
+    tokens = tokenize_corpus(smiles, tokenizer, config.max_position_embeddings)
+    prep_s = time.monotonic() - t0
+    torch.manual_seed(cfg.seed)  # initial weights depend on the seed alone
+    task = SmilesMLMTask(config, tokenizer, tokens, dev, name="molformer-moses")
+    n_params = count_parameters(task.model.molformer)
+    _write_data_info(out, {"corpus": str(corpus), "molecules": len(tokens), "vocab_size": len(tokenizer),
+                           "max_tokens": int(tokens.lengths.max()),
+                           "mean_tokens": float(tokens.lengths.float().mean()),
+                           "prepare_s": round(prep_s, 1), "encoder_parameters": n_params,
+                           "device": _device_name(dev)})
+    log.info("smiles corpus ready", extra={"molecules": len(tokens), "seconds": round(prep_s, 1),
+                                           "parameters": n_params})
+    meta = {"objective": "masked language modelling 15% (80/10/10)", "corpus": corpus.name,
+            "corpus_molecules": len(tokens), "batch_size": cfg.batch_size, "train_config": asdict(cfg)}
+    if before_train is not None:
+        before_train()
+    return train(task, cfg, out, max_seconds=max_seconds, stop_after=stop_after,
+                 export_dir=out / ENCODER_DIR, meta=meta)
+
+
+def pretrain_graph(
+    corpus: Path,
+    out: Path,
+    cfg: TrainConfig,
+    model_overrides: dict | None = None,
+    device: str = "auto",
+    max_seconds: float | None = None,
+    stop_after: int | None = None,
+    limit: int | None = None,
+    workers: int = 0,
+    before_train: Callable[[], None] | None = None,
+) -> Position:
+    """Attribute-masking pretraining of the graph encoder on ``corpus``; resumes from ``out``."""
+    from models.featurizer import featurize_smiles
+    from models.graph_encoder import GraphEncoderConfig
+    from models.pretrain.graph_ssl import GraphCorpus, GraphMaskingTask
+    from models.smiles_encoder import count_parameters
+
+    dev = _device(device)
+    t0 = time.monotonic()
+    smiles = read_corpus(corpus, limit=limit)
+    featurized = featurize_smiles(smiles, workers=workers)
+    graphs = [f.graph for f in featurized if f.graph is not None]
+    data = GraphCorpus.from_graphs(graphs)
+    del featurized, graphs
+    prep_s = time.monotonic() - t0
+    config = GraphEncoderConfig(**(model_overrides or {}))
+    torch.manual_seed(cfg.seed)
+    task = GraphMaskingTask(config, data, dev, name="mhg-gin-moses")
+    n_params = count_parameters(task.model.encoder)
+    _write_data_info(out, {"corpus": str(corpus), "molecules": len(data), "invalid": len(smiles) - len(data),
+                           "atoms": int(data.x.shape[0]), "directed_bonds": int(data.edge_attr.shape[0]),
+                           "prepare_s": round(prep_s, 1), "encoder_parameters": n_params,
+                           "device": _device_name(dev)})
+    log.info("graph corpus ready", extra={"molecules": len(data), "seconds": round(prep_s, 1),
+                                          "parameters": n_params})
+    meta = {"objective": "masked atom and bond attributes 15%", "corpus": corpus.name,
+            "corpus_molecules": len(data), "batch_size": cfg.batch_size, "train_config": asdict(cfg)}
+    if before_train is not None:
+        before_train()
+    return train(task, cfg, out, max_seconds=max_seconds, stop_after=stop_after,
+                 export_dir=out / ENCODER_DIR, meta=meta)
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -1,0 +1,242 @@
+"""Pretraining pipelines on tiny CPU runs: masking statistics, learning, exact resume, corpus filtering."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from rdkit import Chem
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from models.pretrain.corpus import filter_corpus, keys_for, read_corpus, reference_tables, write_corpus
+from models.pretrain.graph_ssl import GraphCorpus, mask_graph
+from models.pretrain.pipelines import pretrain_graph, pretrain_smiles
+from models.pretrain.smiles_mlm import IGNORE_INDEX, mask_tokens, tokenize_corpus
+from models.pretrain.trainer import STATE_DIR, TrainConfig, learning_rate
+from models.tokenizer import SPECIAL_ORDER, build_tokenizer
+
+TINY_SMILES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+TINY_GRAPH = {"hidden_size": 32, "num_layers": 2}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread (and two CI cores are not oversubscribed)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def moses_head(data_dir: Path) -> list[str]:
+    return read_corpus(data_dir / "pretrain" / "moses_train.csv.gz", limit=600)
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory, moses_head: list[str]) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.csv.gz"
+    write_corpus(moses_head, path)
+    return path
+
+
+def test_mlm_masking_follows_80_10_10(bbbp_smiles: list[str]) -> None:
+    tokenizer = build_tokenizer(bbbp_smiles)
+    corpus = tokenize_corpus(bbbp_smiles, tokenizer, max_length=512)
+    ids, mask = corpus.batch(torch.arange(len(corpus)))
+    gen = torch.Generator().manual_seed(0)
+    corrupted, labels = mask_tokens(ids, mask, len(tokenizer), gen)
+    specials = torch.isin(ids, torch.tensor([SPECIAL_ORDER.index(t) for t in ("<pad>", "<bos>", "<eos>")]))
+    maskable = mask.bool() & ~specials
+    selected = labels != IGNORE_INDEX
+    assert not (selected & ~maskable).any(), "special tokens or padding were selected"
+    assert torch.equal(labels[selected], ids[selected])
+    assert torch.equal(corrupted[~selected], ids[~selected]), "unselected tokens must be untouched"
+    assert selected.any(dim=1).all(), "every sequence needs at least one prediction target"
+    rate = selected.sum().item() / maskable.sum().item()
+    assert rate == pytest.approx(0.15, abs=0.01)
+    n = selected.sum().item()
+    to_mask = (corrupted[selected] == SPECIAL_ORDER.index("<mask>")).sum().item() / n
+    kept = (corrupted[selected] == ids[selected]).sum().item() / n
+    random = 1.0 - to_mask - kept
+    assert to_mask == pytest.approx(0.8, abs=0.015)
+    # A random replacement equals the original with probability ~1/(vocab - 5), so "kept" is a bit above 10%.
+    assert kept == pytest.approx(0.1 + 0.1 / (len(tokenizer) - len(SPECIAL_ORDER)), abs=0.012)
+    assert random == pytest.approx(0.1, abs=0.012)
+    replaced = corrupted[selected & (corrupted != ids) & (corrupted != SPECIAL_ORDER.index("<mask>"))]
+    assert (replaced >= len(SPECIAL_ORDER)).all(), "random replacements must be ordinary tokens"
+
+
+def test_graph_batch_matches_collate_and_masks_bonds_of_masked_atoms(bbbp_smiles: list[str]) -> None:
+    from models.featurizer import ATOM_FEATURE_DIMS, BOND_FEATURE_DIMS, collate_graphs, featurize_smiles
+
+    graphs = [f.graph for f in featurize_smiles(bbbp_smiles[:50], workers=1) if f.graph is not None]
+    corpus = GraphCorpus.from_graphs(graphs)
+    order = torch.tensor([7, 3, 41, 0])
+    x, edge_index, edge_attr, batch = corpus.batch(order)
+    ref = collate_graphs([graphs[i] for i in order.tolist()])
+    assert torch.equal(x, ref.x) and torch.equal(edge_index, ref.edge_index)
+    assert torch.equal(edge_attr, ref.edge_attr) and torch.equal(batch, ref.batch)
+    xm, em, atom_mask, bond_mask = mask_graph(x, edge_index, edge_attr, torch.Generator().manual_seed(1), 0.3)
+    assert (xm[atom_mask] == torch.tensor(ATOM_FEATURE_DIMS)).all()
+    assert torch.equal(xm[~atom_mask], x[~atom_mask])
+    touching = atom_mask[edge_index[0]] | atom_mask[edge_index[1]]
+    assert torch.equal(bond_mask, touching)
+    assert (em[bond_mask] == torch.tensor(BOND_FEATURE_DIMS)).all()
+    assert torch.equal(em[~bond_mask], edge_attr[~bond_mask])
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    cfg = TrainConfig(steps=100, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate(cfg, 0, 100) == 0.0
+    assert learning_rate(cfg, 5, 100) == pytest.approx(5e-4)
+    assert learning_rate(cfg, 10, 100) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 100, 100) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 55, 100) < learning_rate(cfg, 30, 100)
+
+
+def _log_losses(out: Path) -> list[float]:
+    return pd.read_json(out / "log.jsonl", lines=True)["loss"].tolist()
+
+
+def test_a_few_steps_reduce_both_losses(corpus_file: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=40, batch_size=32, lr=2e-3, warmup_steps=5, log_every=10, checkpoint_every=1000)
+    pretrain_smiles(corpus_file, tmp_path / "s", cfg, TINY_SMILES, device="cpu")
+    losses = _log_losses(tmp_path / "s")
+    assert losses[-1] < 0.8 * losses[0], losses
+    cfg = TrainConfig(steps=30, batch_size=32, lr=2e-3, warmup_steps=5, log_every=10, checkpoint_every=1000)
+    pretrain_graph(corpus_file, tmp_path / "g", cfg, TINY_GRAPH, device="cpu", workers=1)
+    losses = _log_losses(tmp_path / "g")
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / STATE_DIR / "model.safetensors"))
+
+
+@pytest.mark.parametrize("kind", ["smiles", "graph"])
+def test_resume_is_exact(kind: str, corpus_file: Path, tmp_path: Path) -> None:
+    def run(out: Path, stop_after: int | None) -> None:
+        cfg = TrainConfig(steps=8, batch_size=64, lr=1e-3, warmup_steps=3, log_every=2, checkpoint_every=1000)
+        if kind == "smiles":
+            pretrain_smiles(corpus_file, out, cfg, TINY_SMILES, device="cpu", stop_after=stop_after)
+        else:
+            pretrain_graph(corpus_file, out, cfg, TINY_GRAPH, device="cpu", stop_after=stop_after, workers=1)
+
+    torch.manual_seed(123)
+    run(tmp_path / "straight", None)
+    torch.manual_seed(456)  # a different process state: resume must not depend on it
+    run(tmp_path / "split", 4)
+    half = _weights(tmp_path / "split")
+    run(tmp_path / "split", None)
+    straight, split = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert straight.keys() == split.keys()
+    assert any(not torch.equal(half[k], split[k]) for k in split), "the second half did not train"
+    for name in straight:
+        assert torch.equal(straight[name], split[name]), name
+    assert _log_losses(tmp_path / "straight") == _log_losses(tmp_path / "split")
+
+
+def test_filter_removes_benchmark_molecules(bbbp_smiles: list[str], moses_head: list[str]) -> None:
+    reference = bbbp_smiles[:200]
+    keys = keys_for(reference, workers=1)
+    exact = {k.canonical for k in keys if k.canonical}
+    flat = {k.flat for k in keys if k.flat}
+    # Benchmark molecules hidden in the corpus as non-canonical, atom-shuffled SMILES.
+    hidden = []
+    for smi in reference[:30]:
+        mol = Chem.MolFromSmiles(smi)
+        if mol is not None and len(Chem.GetMolFrags(mol)) == 1:
+            hidden.append(Chem.MolToSmiles(mol, doRandom=True, canonical=False))
+    stereo = next(s for s in reference if "@" in s and "." not in s)
+    flat_variant = Chem.MolToSmiles(Chem.MolFromSmiles(stereo), isomericSmiles=False)
+    corpus = moses_head[:300] + hidden + [flat_variant, moses_head[0], "not-a-smiles"]
+    kept, report = filter_corpus(corpus, exact, flat, workers=1)
+    # MOSES itself holds a few BBBP drugs (oxazepam, praziquantel, ...), so more than the hidden ones go.
+    moses_in_reference = sum(k.canonical in exact for k in keys_for(moses_head[:300], workers=1))
+    assert moses_in_reference > 0
+    assert report.removed_exact == len(hidden) + moses_in_reference
+    assert report.removed_stereo_free >= 1
+    assert report.duplicates == 1 and report.invalid == 1
+    assert report.kept == len(kept) == report.corpus_rows - report.invalid - report.duplicates \
+        - report.removed_exact - report.removed_stereo_free
+    kept_flat = {k.flat for k in keys_for(kept, workers=1)}
+    assert not kept_flat & flat
+    assert len(kept) == 300 - moses_in_reference  # the appended copy of moses_head[0] is the duplicate
+
+
+def test_reference_tables_cover_every_benchmark_but_not_the_corpus(data_dir: Path) -> None:
+    tables = reference_tables(data_dir)
+    names = {p.name for p, _ in tables}
+    assert {"bbbp.csv", "hiv.csv", "muv.csv.gz", "tox21.csv", "herg_karim.csv"} <= names
+    assert not any(p.parent.name == "pretrain" for p, _ in tables)
+    for path, column in tables:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt") as handle:
+            assert column in handle.readline()
+
+
+def test_cli_trains_an_encoder_the_embedder_loads(corpus_file: Path, tmp_path: Path) -> None:
+    from app.cli import cli
+    from models.embedder import Embedder
+
+    runner = CliRunner()
+    out_s, out_g = tmp_path / "s", tmp_path / "g"
+    args = ["--corpus", str(corpus_file), "--steps", "3", "--warmup", "1", "--batch-size", "16",
+            "--device", "cpu"]
+    res = runner.invoke(cli, ["pretrain", "smiles", *args, "--out", str(out_s), "--hidden-size", "32",
+                              "--layers", "1", "--heads", "4", "--ffn", "64"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["pretrain", "graph", *args, "--out", str(out_g), "--hidden-size", "16",
+                              "--layers", "2", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    emb = Embedder(out_s / "encoder", out_g / "encoder", device="cpu")
+    out = emb.embed(["CCO", "c1ccccc1O"], views=("fused",))
+    assert out.vectors["fused"].shape == (2, 32 + 3 * 16)
+    assert emb.versions["smiles"].startswith("molformer-moses-")
+
+
+def test_cli_rejects_bad_input(tmp_path: Path) -> None:
+    from app.cli import cli
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["pretrain", "smiles", "--corpus", str(tmp_path / "missing.csv"), "--out",
+                              str(tmp_path / "o"), "--steps", "3"])
+    assert res.exit_code == 2 and "--corpus" in res.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("smi\nCCO\n")
+    res = runner.invoke(cli, ["pretrain", "graph", "--corpus", str(bad), "--out", str(tmp_path / "o"),
+                              "--steps", "3", "--device", "cpu"])
+    assert res.exit_code == 2 and "SMILES" in res.output
+    res = runner.invoke(cli, ["pretrain", "graph", "--corpus", str(bad), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--steps" in res.output
+
+
+def test_shipped_checkpoints_are_the_default_and_fit_the_budget() -> None:
+    import json
+
+    from models.embedder import DEFAULT_GRAPH_ENCODER, DEFAULT_SMILES_ENCODER, Embedder
+
+    files = [f for d in (DEFAULT_SMILES_ENCODER, DEFAULT_GRAPH_ENCODER) for f in d.iterdir()]
+    assert sum(f.stat().st_size for f in files) <= 16 * 2**20
+    assert (DEFAULT_SMILES_ENCODER / "tokenizer.json").exists()
+    for folder in (DEFAULT_SMILES_ENCODER, DEFAULT_GRAPH_ENCODER):
+        weights = load_file(str(folder / "model.safetensors"))
+        assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
+        assert not any(k.startswith(("lm_", "atom_heads", "bond_heads")) for k in weights), "heads shipped"
+        meta = json.loads((folder / "molfusion.json").read_text())
+        assert meta["steps"] == meta["planned_steps"] > 0 and meta["corpus_molecules"] > 1_000_000
+    emb = Embedder(device="cpu")
+    assert emb.versions["smiles"].startswith("molformer-moses-")
+    assert emb.versions["graph"].startswith("mhg-gin-moses-")
+    out = emb.embed(["CC(=O)Oc1ccccc1C(=O)O", "OC(=O)c1ccccc1O"], views=("smiles", "graph"))
+    for view in ("smiles", "graph"):
+        vec = out.vectors[view]
+        assert np.isfinite(vec).all()
+        assert not np.allclose(vec[0], vec[1]), f"{view} view does not tell aspirin from salicylic acid"
