@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     cache_dtype: Literal["float16", "float32"] = Field(default="float16", description="Stored precision.")
     redis_timeout_s: float = Field(default=0.25, gt=0, description="Socket timeout for cache calls.")
     redis_retry_s: float = Field(default=2.0, gt=0, description="Seconds before retrying a down Redis.")
+    cache_namespace: str = Field(
+        default="", description="Prefix of every Redis key (to share one Redis DB between deployments)."
+    )
 
     # --- service ---
     host: str = Field(default="127.0.0.1", description="Bind address of `molfusion serve`.")
@@ -63,6 +66,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=2_000_000, ge=1024, description="413 above this body size.")
     microbatch_max_size: int = Field(default=512, ge=1, description="Dynamic micro-batcher batch cap.")
     microbatch_max_wait_ms: float = Field(default=2.0, ge=0, description="Micro-batcher max wait.")
+    memo_items: int = Field(
+        default=100_000, ge=0,
+        description="Service memos: remembered SMILES validations and head outputs per molecule (0 = off).",
+    )
     log_level: str = Field(default="INFO", description="Log level for structured (JSON) logs.")
     log_json: bool = Field(default=True, description="Emit one JSON object per log line.")
 
@@ -74,6 +81,20 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(default=3600, ge=10, description="A job running longer is failed.")
     catalog_extra: Path | None = Field(
         default=None, description="JSON file of user-registered catalog sets (default: in heads_dir)."
+    )
+    grouping_cache_dir: Path | None = Field(
+        default=None, description="Cached catalog embeddings (default: ~/.cache/molfusion/grouping)."
+    )
+    recommend_max_aux_rows: int = Field(
+        default=2000,
+        ge=50,
+        description="Catalog sets larger than this are subsampled (seeded) per recommendation.",
+    )
+    recommend_evidence_seeds: int = Field(
+        default=3, ge=0, description="Model seeds for the target-alone vs. target+group evidence (0 = none)."
+    )
+    job_lease_s: int = Field(
+        default=30, ge=3, description="A running job whose worker sent no heartbeat for this long is failed."
     )
 
 

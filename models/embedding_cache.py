@@ -1,13 +1,16 @@
 """Embedding caches: vectors keyed by encoder version + hash of the canonical SMILES.
 
 :class:`VectorCache` is the protocol the :class:`models.embedder.Embedder` uses. Values are packed
-binary (float16 or float32 bytes), never JSON. :class:`LRUVectorCache` is the embedded default.
+binary (float16 or float32 bytes), never JSON. :class:`LRUVectorCache` is the embedded default;
+:class:`RedisVectorCache` is shared between processes and hosts (``docs/cache.md``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal, Protocol
@@ -16,6 +19,8 @@ import numpy as np
 
 CacheDtype = Literal["float16", "float32"]
 KEY_PREFIX = "molfusion:emb"
+
+log = logging.getLogger(__name__)
 
 
 def cache_key(encoder_version: str, canonical_smiles: str) -> str:
@@ -87,3 +92,157 @@ class LRUVectorCache:
     def state(self) -> dict:
         return {"backend": self.name, "healthy": True, "items": len(self._data), "max_items": self.max_items,
                 "hits": self.hits, "misses": self.misses}
+
+
+class RedisVectorCache:
+    """Vectors in Redis: ``MGET`` for batch reads, a non-transactional pipeline of ``SET`` for writes.
+
+    Failure policy: a cache must never fail a request. Any Redis error (refused connection, timeout,
+    ``OOM``...) is logged once, counted, and turns the backend *down*: for the next ``retry_s`` seconds
+    every read is a miss and every write is dropped without touching the network, so a dead or slow
+    Redis costs at most one ``timeout_s`` per ``retry_s``. After that the next call tries Redis again
+    (the client reconnects by itself) and, on success, the backend is *up* again.
+
+    ``namespace`` is prepended to every key (``<namespace><cache_key>``), for sharing one Redis database
+    between deployments or tests. Values are the packed vector bytes; ``ttl_s`` sets an expiry on writes.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        dtype: CacheDtype = "float16",
+        ttl_s: int | None = None,
+        timeout_s: float = 0.25,
+        retry_s: float = 2.0,
+        namespace: str = "",
+    ) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self.url = url
+        self.dtype: CacheDtype = dtype
+        self.ttl_s = ttl_s
+        self.retry_s = retry_s
+        self.namespace = namespace
+        # No client-side retries: on failure we fall back to computing, which is the retry that matters.
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
+        )
+        self._lock = threading.Lock()
+        self._down_until = 0.0  # monotonic time before which Redis is not contacted
+        self._down_since: float | None = None  # wall-clock time of the first failure of this outage
+        self.last_error: str | None = None
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+        self.skipped = 0  # calls answered without Redis while it was down
+
+    # -- failure bookkeeping -------------------------------------------------------------------
+    def _available(self) -> bool:
+        with self._lock:
+            if time.monotonic() < self._down_until:
+                self.skipped += 1
+                return False
+            return True
+
+    def _failed(self, op: str, exc: Exception) -> None:
+        with self._lock:
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._down_until = time.monotonic() + self.retry_s
+            first = self._down_since is None
+            if first:
+                self._down_since = time.time()
+        level = logging.WARNING if first else logging.DEBUG
+        log.log(level, "redis cache unavailable; computing instead", extra={
+            "op": op, "error": self.last_error, "retry_s": self.retry_s, "redis": self._safe_url()})
+
+    def _succeeded(self) -> None:
+        if self._down_since is None:
+            return
+        with self._lock:
+            outage_s = time.time() - self._down_since if self._down_since is not None else 0.0
+            self._down_since = None
+            self._down_until = 0.0
+        log.warning("redis cache back", extra={"outage_s": round(outage_s, 3), "redis": self._safe_url()})
+
+    # -- VectorCache ------------------------------------------------------------------------------
+    def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
+        if not keys:
+            return []
+        if not self._available():
+            with self._lock:
+                self.misses += len(keys)
+            return [None] * len(keys)
+        try:
+            blobs = self._client.mget([self.namespace + k for k in keys])
+        except Exception as exc:  # any backend failure degrades to a miss, by contract
+            self._failed("mget", exc)
+            with self._lock:
+                self.misses += len(keys)
+            return [None] * len(keys)
+        self._succeeded()
+        out = [None if b is None else unpack(b, self.dtype) for b in blobs]
+        hits = sum(v is not None for v in out)
+        with self._lock:
+            self.hits += hits
+            self.misses += len(keys) - hits
+        return out
+
+    def set_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        if not items or not self._available():
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for key, vector in items:
+                pipe.set(self.namespace + key, pack(vector, self.dtype), ex=self.ttl_s)
+            pipe.execute()
+        except Exception as exc:
+            self._failed("pipeline-set", exc)
+            return
+        self._succeeded()
+
+    def ping(self) -> bool:
+        """Probe Redis now (ignores the back-off window); updates the up/down state."""
+        try:
+            self._client.ping()
+        except Exception as exc:
+            self._failed("ping", exc)
+            return False
+        self._succeeded()
+        return True
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _safe_url(self) -> str:
+        """The URL without its password."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def state(self) -> dict:
+        with self._lock:
+            down = self._down_since is not None
+            return {
+                "backend": self.name,
+                "healthy": not down,
+                "url": self._safe_url(),
+                "dtype": self.dtype,
+                "ttl_s": self.ttl_s,
+                "down_since": (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._down_since))
+                               if down else None),
+                "last_error": self.last_error,
+                "hits": self.hits,
+                "misses": self.misses,
+                "errors": self.errors,
+                "skipped_while_down": self.skipped,
+            }

@@ -1,0 +1,138 @@
+"""The FastAPI application, assembled in one place: routers, middleware, error mapping, lifespan.
+
+``uvicorn app.api.main:create_app --factory`` (what ``molfusion serve`` runs) builds one app per
+worker process; each worker loads its own models in the background at startup and reports ready on
+``/v1/health/ready`` once they are loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api import embeddings, health, info, predictions, properties, recommendations
+from app.api.deps import require_api_key
+from app.api.limits import BodySizeLimit
+from app.api.schemas import ErrorResponse
+from app.api.service import ModelService, NotReadyError, UnknownPropertyError
+from app.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
+from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Molecular property prediction from fused embeddings of a SMILES transformer and a graph
+encoder. Send SMILES, get embeddings or property predictions back, one result per input in order.
+When `MOLFUSION_API_KEY` is set every `/v1` call needs the `X-API-Key` header."""
+
+
+async def _load(service: ModelService) -> None:
+    try:
+        await asyncio.to_thread(service.load)
+    except Exception:  # already logged with its reason; /v1/health/ready reports it
+        return
+
+
+@contextlib.asynccontextmanager
+async def _optional_lifespan(lifespan, app: FastAPI, component: str) -> AsyncIterator[None]:
+    """Run a router's lifespan; if it fails to start (e.g. its Redis is down) log it and serve anyway,
+    so predictions never depend on another component's start-up."""
+    context = lifespan(app)
+    try:
+        await context.__aenter__()
+    except Exception as exc:
+        log.error(
+            "component failed to start; serving without it",
+            exc_info=True,
+            extra={"component": component, "error": f"{type(exc).__name__}: {exc}"},
+        )
+        yield
+        return
+    try:
+        yield
+    finally:
+        await context.__aexit__(None, None, None)
+
+
+def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
+    """Build the app. ``embedder`` (optional) replaces the one built from settings, e.g. in tests."""
+    settings = settings or get_settings()
+    metrics = ServiceMetrics()
+    service = ModelService(settings, metrics, embedder=embedder)
+    metrics.track_cache(lambda: service.cache.state())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        tasks = [
+            asyncio.create_task(_load(service), name="load-models"),
+            asyncio.create_task(service.watch_cache(), name="watch-cache"),
+        ]
+        try:
+            async with _optional_lifespan(recommendations.lifespan, app, "recommendation jobs"):
+                yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await service.stop()
+
+    app = FastAPI(title="molfusion", version=_version(), description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = metrics
+
+    # The key check is attached only when a key is configured: FastAPI's dependency resolution is a
+    # measurable share of a cached request, and /docs then shows the security scheme only when it applies.
+    keyed = [Depends(require_api_key)] if settings.api_key else []
+    errors = (
+        {401: {"model": ErrorResponse, "description": "Missing or wrong X-API-Key."}}
+        if settings.api_key
+        else {}
+    )
+    for module in (embeddings, predictions, properties, info):
+        app.include_router(
+            module.router,
+            dependencies=keyed,
+            responses={**errors, 503: {"model": ErrorResponse, "description": "Models are still loading."}},
+        )
+    app.include_router(health.router, dependencies=keyed, responses=errors)
+    app.include_router(recommendations.router, dependencies=keyed)
+    app.include_router(recommendations.datasets_router, dependencies=keyed)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.exception_handler(NotReadyError)
+    async def _not_ready(request: Request, exc: NotReadyError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"service not ready: {exc}"}, status_code=503, headers={"Retry-After": "1"}
+        )
+
+    @app.exception_handler(UnknownPropertyError)
+    async def _unknown_property(request: Request, exc: UnknownPropertyError) -> JSONResponse:
+        detail = [
+            {
+                "loc": ["body", "properties"],
+                "type": "unknown_property",
+                "input": name,
+                "msg": f"unknown property {name!r}; served properties: {exc.served}",
+            }
+            for name in exc.unknown
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _version() -> str:
+    from app.api.info import _package_version
+
+    return _package_version()

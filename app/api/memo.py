@@ -1,0 +1,96 @@
+"""Bounded in-process memos of the service's pure per-molecule functions.
+
+A service sees the same molecules again and again. Two steps are pure functions of their input and
+cost more than the rest of a cached request: validating/canonicalising a raw SMILES with RDKit
+(~0.1-0.2 ms per molecule), and applying a head to one cached vector (a small network call, ~0.15 ms
+per head per call on CPU). Their outcomes are kept in LRU memos: :class:`CanonicalMemo` by raw input,
+and :class:`PredictionMemo` by (head name, head version, canonical SMILES); a head's version is the
+digest of its files, so a retrained head never reads old predictions. The RDKit molecule is not kept:
+an embedding-cache miss re-parses the canonical form when it featurizes the graph.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from models.chemistry import ParsePolicy, parse_smiles
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LRUMemo(Generic[K, V]):
+    """Thread-safe least-recently-used map holding at most ``max_items`` entries (0 = disabled)."""
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Sequence[K]) -> list[V | None]:
+        out: list[V | None] = []
+        with self._lock:
+            for key in keys:
+                value = self._data.get(key)
+                if value is not None:
+                    self._data.move_to_end(key)
+                out.append(value)
+        return out
+
+    def put_many(self, items: Sequence[tuple[K, V]]) -> None:
+        if self.max_items <= 0:
+            return
+        with self._lock:
+            for key, value in items:
+                self._data[key] = value
+                self._data.move_to_end(key)
+            while len(self._data) > self.max_items:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class CanonicalMemo:
+    """``memo(inputs) -> (canonical, errors)``, row-aligned; a ``None`` canonical means invalid."""
+
+    def __init__(self, policy: ParsePolicy, max_items: int = 100_000) -> None:
+        self.policy = policy
+        self._memo: LRUMemo[str, tuple[str | None, str | None]] = LRUMemo(max_items)
+
+    def __call__(self, inputs: Sequence[str]) -> tuple[list[str | None], list[str | None]]:
+        known = self._memo.get_many(inputs)
+        fresh: list[tuple[str, tuple[str | None, str | None]]] = []
+        for i, raw in enumerate(inputs):
+            if known[i] is None:
+                parsed = parse_smiles(raw, self.policy)
+                known[i] = (parsed.canonical, parsed.error)
+                if len(raw) <= self.policy.max_smiles_length:  # over-long inputs are never kept
+                    fresh.append((raw, known[i]))
+        self._memo.put_many(fresh)
+        return [k[0] for k in known], [k[1] for k in known]  # type: ignore[index]
+
+    def recall(self, inputs: Sequence[str]) -> tuple[list[str | None], list[str | None]] | None:
+        """Outcomes for ``inputs`` if every one is remembered, else ``None`` (never parses)."""
+        known = self._memo.get_many(inputs)
+        if any(k is None for k in known):
+            return None
+        return [k[0] for k in known], [k[1] for k in known]  # type: ignore[index]
+
+
+class PredictionMemo:
+    """Head outputs per (head, version, canonical SMILES): ``rows`` of float64 task values."""
+
+    def __init__(self, max_items: int = 100_000) -> None:
+        self._memo: LRUMemo[tuple[str, str, str], np.ndarray] = LRUMemo(max_items)
+
+    def lookup(self, head: str, version: str, canonical: Sequence[str]) -> list[np.ndarray | None]:
+        return self._memo.get_many([(head, version, c) for c in canonical])
+
+    def store(self, head: str, version: str, canonical: Sequence[str], values: np.ndarray) -> None:
+        self._memo.put_many([((head, version, c), values[i].copy()) for i, c in enumerate(canonical)])

@@ -1,0 +1,284 @@
+"""Benchmark of auxiliary-data grouping: does training with the recommended group beat the target alone?
+
+For each target set of the catalog (the target itself removed from its candidates), for each seed
+(a Bemis–Murcko scaffold split 80/10/10 and the head's initialisation): the same fused head
+(``fusion.training.fit_head``, head ``mlp``, fusion ``concat``) is trained on
+
+- ``none``: the target's training rows alone;
+- ``all``: + every other catalog set;
+- ``structure``: + the 3 sets with the highest nearest-neighbour ECFP4 Tanimoto similarity to the
+  target's training molecules;
+- ``molgroup``: + the group recommended by :func:`grouping.routing.route`, which sees only the
+  target's training rows;
+- ``molgroup_checked``: ``molgroup``'s group if its *validation* metric beats ``none``'s for that seed,
+  else no group (model selection on validation, never on test).
+
+Every head is early-stopped on the target's validation rows, and the test metric (ROC-AUC mean over
+tasks, or RMSE) is reported on the target's tasks only. Auxiliary rows whose canonical SMILES occur in
+the target's validation or test rows are removed before training (counted in the output), so
+near-duplicate sets (Tox21/ToxCast, CYP1A2/CYP2C19, AqSolDB/ESOL) cannot leak test labels; the table
+also marks when a selected set is a documented near-duplicate of the target.
+
+All sets (targets included) are subsampled deterministically (seed 0) to ``--max-rows`` molecules so
+the embeddings fit the CPU time; embeddings are cached under ``--cache``.
+
+    python bench/grouping_eval.py --targets bbbp,bace,clintox,esol,freesolv,lipophilicity,pampa,ppbr \\
+        --seeds 3 --max-rows 1000 --max-aux-rows 500 --threads 1 --out .carry/grouping_eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.commands.embed import build_embedder
+from app.settings import get_settings
+from fusion.training import scaffold_split
+from grouping.catalog import load_catalog
+from grouping.evidence import fit_and_score, primary, relative_improvement
+from grouping.features import load_catalog_features
+from grouping.methods import nearest_neighbour_tanimoto
+from grouping.routing import MolGroupConfig, route
+
+CONFIGS = ("none", "all", "structure", "molgroup", "molgroup_checked")
+DEFAULT_TARGETS = "bbbp,bace,clintox,esol,freesolv,lipophilicity,pampa,ppbr"
+
+
+def _better(a: float | None, b: float | None, metric: str) -> bool:
+    if a is None or b is None:
+        return False
+    return a > b if metric == "roc_auc" else a < b
+
+
+def _cap(feats, max_rows: int | None):
+    """A deterministic uniform subsample (seed 0) of an auxiliary set's rows, at most ``max_rows``."""
+    if max_rows is None or len(feats) <= max_rows:
+        return feats
+    return feats.subset(np.sort(np.random.default_rng(0).choice(len(feats), max_rows, replace=False)))
+
+
+def _num(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def evaluate_target(
+    name: str,
+    feats: dict,
+    entries: dict,
+    seeds: int,
+    hparams: dict,
+    cfg: MolGroupConfig,
+    log: logging.Logger,
+    max_aux_rows: int | None = None,
+) -> dict:
+    target = feats[name]
+    candidates = {k: _cap(v, max_aux_rows) for k, v in feats.items() if k != name}
+    metric = primary(target.task_types)
+    per_seed: list[dict] = []
+    for seed in range(seeds):
+        train, val, test = scaffold_split(target.smiles, seed)
+        tr = target.subset(train)
+        sims = {
+            k: nearest_neighbour_tanimoto(tr.fingerprints, c.fingerprints) for k, c in candidates.items()
+        }
+        started = time.perf_counter()
+        scores = route(tr, candidates, MolGroupConfig(**{**cfg.to_json(), "seed": seed}))
+        route_s = time.perf_counter() - started
+        groups = {
+            "none": [],
+            "all": sorted(candidates),
+            "structure": sorted(sims, key=lambda k: -sims[k])[:3],
+            "molgroup": [s.dataset for s in sorted(scores, key=lambda s: -s.score) if s.selected],
+        }
+        runs = {}
+        for config, group in groups.items():
+            if config == "molgroup" and not group:
+                runs[config] = runs["none"]
+                continue
+            runs[config] = fit_and_score(
+                target, [candidates[g] for g in group], train, val, test, seed=seed, **hparams
+            )
+        checked = (
+            "molgroup"
+            if groups["molgroup"]
+            and _better(runs["molgroup"]["val"][metric], runs["none"]["val"][metric], metric)
+            else "none"
+        )
+        runs["molgroup_checked"] = runs[checked]
+        groups["molgroup_checked"] = groups[checked]
+        row = {
+            "seed": seed,
+            "route_seconds": route_s,
+            "groups": groups,
+            "scores": {s.dataset: round(s.score, 4) for s in scores},
+            "val": {c: _num(runs[c]["val"][metric]) for c in CONFIGS},
+            "test": {c: _num(runs[c]["test"][metric]) for c in CONFIGS},
+            "aux_rows_removed_all": runs["all"]["aux_rows_removed"],
+        }
+        per_seed.append(row)
+        log.info(
+            "seed done",
+            extra={
+                "target": name,
+                "seed": seed,
+                "test": row["test"],
+                "groups": groups,
+                "route_seconds": round(route_s, 1),
+            },
+        )
+        print(
+            f"  {name} seed {seed}: "
+            + ", ".join(f"{c}={row['test'][c]:.4f}" for c in CONFIGS)
+            + f" | molgroup={groups['molgroup']} structure={groups['structure']} ({route_s:.0f} s)",
+            flush=True,
+        )
+    summary = {}
+    for c in CONFIGS:
+        vals = np.array([r["test"][c] for r in per_seed], dtype=float)
+        base = np.array([r["test"]["none"] for r in per_seed], dtype=float)
+        summary[c] = {
+            "mean": float(np.nanmean(vals)),
+            "std": float(np.nanstd(vals)),
+            "relative_improvement": relative_improvement(
+                float(np.nanmean(vals)), float(np.nanmean(base)), metric
+            ),
+        }
+    overlaps = set(entries[name].overlaps)
+    near_dup = sorted(
+        {g for r in per_seed for c in ("molgroup", "structure") for g in r["groups"][c]} & overlaps
+    )
+    return {
+        "target": name,
+        "metric": metric,
+        "rows": len(target),
+        "rows_total": target.total_rows,
+        "tasks": len(target.task_types),
+        "summary": summary,
+        "seeds": per_seed,
+        "near_duplicates_selected": near_dup,
+        "route_seconds_mean": float(np.mean([r["route_seconds"] for r in per_seed])),
+    }
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [
+        "| target | metric | " + " | ".join(CONFIGS) + " | molgroup group (per seed) |",
+        "|---" * (len(CONFIGS) + 3) + "|",
+    ]
+    for r in results:
+        cells = [
+            f"{r['summary'][c]['mean']:.4f} ± {r['summary'][c]['std']:.4f} "
+            f"({100 * r['summary'][c]['relative_improvement']:+.1f}%)"
+            if c != "none"
+            else f"{r['summary'][c]['mean']:.4f} ± {r['summary'][c]['std']:.4f}"
+            for c in CONFIGS
+        ]
+        groups = "; ".join(",".join(s["groups"]["molgroup"]) or "—" for s in r["seeds"])
+        dup = (
+            f" (near-dup: {','.join(r['near_duplicates_selected'])})"
+            if r["near_duplicates_selected"]
+            else ""
+        )
+        lines.append(f"| {r['target']} | {r['metric']} | " + " | ".join(cells) + f" | {groups}{dup} |")
+    avg = {c: float(np.mean([r["summary"][c]["relative_improvement"] for r in results])) for c in CONFIGS}
+    lines.append(
+        "| **average relative improvement** | | "
+        + " | ".join(f"**{100 * avg[c]:+.2f}%**" for c in CONFIGS)
+        + " | |"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--targets", default=DEFAULT_TARGETS)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--max-rows", type=int, default=1000, help="rows per set (targets and cache)")
+    parser.add_argument("--max-aux-rows", type=int, default=500, help="rows per auxiliary set (subsample)")
+    parser.add_argument(
+        "--catalog", type=Path, default=None, help="data folder (default MOLFUSION_DATA_DIR)"
+    )
+    parser.add_argument("--cache", type=Path, default=Path(".carry/grouping-cache"))
+    parser.add_argument("--epochs", type=int, default=30, help="head epochs (early stopping on validation)")
+    parser.add_argument("--patience", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--out", type=Path, default=Path(".carry/grouping_eval.json"))
+    parser.add_argument(
+        "--reverse-features",
+        action="store_true",
+        help="embed catalog sets in reverse order (two runs sharing --cache then split the embedding work)",
+    )
+    parser.add_argument(
+        "--merge",
+        default=None,
+        help="comma-separated result JSONs of earlier runs: print their joint table",
+    )
+    args = parser.parse_args()
+    if args.merge:
+        docs = [json.loads(Path(p).read_text()) for p in args.merge.split(",")]
+        print(markdown([r for d in docs for r in d["results"]]))
+        for d in docs:
+            print(f"machine: {d.get('machine')}; total {d.get('total_seconds', float('nan')):.0f} s")
+        return
+    logging.basicConfig(level=logging.WARNING)
+    log = logging.getLogger("grouping_eval")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = get_settings()
+    catalog_dir = args.catalog or settings.data_dir
+    entries = {e.name: e for e in load_catalog()}
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    embedder = build_embedder()
+    started = time.perf_counter()
+    order = list(entries.values())[:: -1 if args.reverse_features else 1]
+    feats = load_catalog_features(
+        order,
+        catalog_dir,
+        embedder,
+        args.cache,
+        args.max_rows,
+        progress=lambda n, i, k: print(f"features {n} ({i}/{k})", flush=True),
+    )
+    feats = {name: feats[name] for name in entries}  # catalog order, whichever order they were embedded
+    embed_s = time.perf_counter() - started
+    hparams = {"epochs": args.epochs, "patience": args.patience}
+    cfg = MolGroupConfig()
+    results = []
+    for name in targets:
+        print(f"target {name}", flush=True)
+        results.append(
+            evaluate_target(name, feats, entries, args.seeds, hparams, cfg, log, args.max_aux_rows)
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"results": results}, indent=2))
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(embedder.device),
+        "encoders": embedder.versions,
+    }
+    doc = {
+        "results": results,
+        "machine": machine,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "routing": cfg.to_json(),
+        "embed_seconds": embed_s,
+        "total_seconds": time.perf_counter() - started,
+    }
+    args.out.write_text(json.dumps(doc, indent=2))
+    print(markdown(results))
+    print(f"machine: {machine}; catalog features {embed_s:.0f} s; total {doc['total_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The benchmark / default-head data sets (files in the shared data folder) and cached embeddings.
+
+Each :class:`DatasetSpec` names a CSV in ``MOLFUSION_DATA_DIR``, its SMILES column, label columns,
+task type and label units. :func:`load_dataset` returns the rows whose SMILES parse (and that carry
+at least one label), optionally a deterministic subsample (``max_rows``, seeded permutation) for the
+largest sets. :func:`cached_views` embeds them once per encoder version into ``.npy`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.chemistry import parse_smiles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    file: str
+    smiles_column: str
+    targets: tuple[str, ...] | None  # None: every column except the SMILES column and ``exclude``
+    task_type: str
+    units: str | None = None
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+
+
+SPECS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in (
+        DatasetSpec("bbbp", "moleculenet/bbbp.csv", "smiles", ("p_np",), "classification"),
+        DatasetSpec("bace", "moleculenet/bace.csv", "mol", ("Class",), "classification"),
+        DatasetSpec(
+            "clintox", "moleculenet/clintox.csv", "smiles", ("FDA_APPROVED", "CT_TOX"), "classification"
+        ),
+        DatasetSpec("sider", "moleculenet/sider.csv", "smiles", None, "classification"),
+        DatasetSpec("tox21", "moleculenet/tox21.csv", "smiles", None, "classification"),
+        DatasetSpec("hiv", "moleculenet/hiv.csv", "smiles", ("HIV_active",), "classification"),
+        DatasetSpec(
+            "esol",
+            "moleculenet/esol_delaney-processed.csv",
+            "smiles",
+            ("measured log solubility in mols per litre",),
+            "regression",
+            "log10(mol/L)",
+        ),
+        DatasetSpec(
+            "freesolv", "moleculenet/freesolv_SAMPL.csv", "smiles", ("expt",), "regression", "kcal/mol"
+        ),
+        DatasetSpec(
+            "lipophilicity",
+            "moleculenet/lipophilicity.csv",
+            "smiles",
+            ("exp",),
+            "regression",
+            "logD (octanol/water, pH 7.4)",
+        ),
+        DatasetSpec("toxcast", "moleculenet/toxcast.csv.gz", "smiles", None, "classification"),
+        DatasetSpec(
+            "qm9",
+            "moleculenet/qm9.csv.gz",
+            "smiles",
+            ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "u0", "u298", "h298", "g298", "cv"),
+            "regression",
+        ),
+    )
+}
+QM9_UNITS = {
+    "mu": "D",
+    "alpha": "a0^3",
+    "homo": "Ha",
+    "lumo": "Ha",
+    "gap": "Ha",
+    "r2": "a0^2",
+    "zpve": "Ha",
+    "u0": "Ha",
+    "u298": "Ha",
+    "h298": "Ha",
+    "g298": "Ha",
+    "cv": "cal/(mol K)",
+}
+
+
+@dataclass
+class Dataset:
+    name: str  # the spec name, or ``<name>_sub<N>`` for a subsample
+    spec: DatasetSpec
+    smiles: list[str]
+    y: np.ndarray  # [N, T], NaN = missing
+    tasks: list[str]
+    source_rows: np.ndarray  # row index in the CSV of every kept molecule
+    n_csv_rows: int
+    n_invalid: int  # SMILES that do not parse (dropped)
+    n_usable: int  # parseable, labelled rows before any subsampling
+
+    @property
+    def task_types(self) -> list[str]:
+        return [self.spec.task_type] * len(self.tasks)
+
+    @property
+    def units(self) -> list[str | None]:
+        if self.spec.name == "qm9":
+            return [QM9_UNITS[t] for t in self.tasks]
+        return [self.spec.units] * len(self.tasks)
+
+
+def load_dataset(name: str, data_dir: Path, max_rows: int | None = None, seed: int = 0) -> Dataset:
+    spec = SPECS[name]
+    frame = pd.read_csv(data_dir / spec.file)
+    tasks = (
+        list(spec.targets)
+        if spec.targets
+        else [c for c in frame.columns if c != spec.smiles_column and c not in spec.exclude]
+    )
+    y = frame[tasks].to_numpy(dtype=np.float32)
+    smiles = frame[spec.smiles_column].astype(str).tolist()
+    parses = np.array([parse_smiles(s).ok for s in smiles])
+    keep = np.flatnonzero(parses & ~np.isnan(y).all(axis=1))
+    n_usable = len(keep)
+    label = name
+    if max_rows is not None and len(keep) > max_rows:
+        keep = np.sort(np.random.default_rng(seed).permutation(keep)[:max_rows])
+        label = f"{name}_sub{max_rows}"
+    return Dataset(
+        label,
+        spec,
+        [smiles[i] for i in keep],
+        y[keep],
+        tasks,
+        keep,
+        len(frame),
+        int((~parses).sum()),
+        n_usable,
+    )
+
+
+def cached_views(dataset: Dataset, embedder, cache_dir: Path, progress: bool = True) -> dict[str, np.ndarray]:
+    """``{"smiles": [N, d_s], "graph": [N, d_g]}`` for the dataset's molecules, embedded once per encoder
+    version and stored as ``<cache_dir>/<dataset>/<view>-<encoder version>.npy``."""
+    from fusion.training import embed_smiles
+
+    folder = cache_dir / dataset.name
+    paths = {v: folder / f"{v}-{embedder.versions[v]}.npy" for v in ("smiles", "graph")}
+    if all(p.exists() for p in paths.values()):
+        views = {v: np.load(p) for v, p in paths.items()}
+        if all(len(a) == len(dataset.smiles) for a in views.values()):
+            return views
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    views, errors = embed_smiles(embedder, dataset.smiles, chunk_size=1000, progress=progress)
+    seconds = time.perf_counter() - started
+    bad = [i for i, e in enumerate(errors) if e is not None]
+    if bad:
+        raise ValueError(
+            f"{dataset.name}: {len(bad)} molecules failed to embed (first: {dataset.smiles[bad[0]]!r})"
+        )
+    for v, p in paths.items():
+        np.save(p, views[v])
+    (folder / "meta.json").write_text(
+        json.dumps(
+            {
+                "versions": embedder.versions,
+                "rows": len(dataset.smiles),
+                "seconds": seconds,
+                "device": str(embedder.device),
+            }
+        )
+    )
+    return views

@@ -1,0 +1,157 @@
+"""What every head kind shares: hyper-parameter parsing, network inputs and the neural-head skeleton.
+
+A predictor maps the fitted fusion output (:class:`fusion.fusions.Prepared`) to ``[N, T]`` outputs:
+probabilities for classification tasks and *standardised* values for regression tasks (the
+:class:`fusion.model.TrainedModel` un-standardises them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fusion.fusions import FusionPreprocessor, Prepared
+from fusion.loop import Batch, LoopConfig, fit_network, labels_to_tensors, predict_batched
+from fusion.nets import FusedInput, view_key
+
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def parse_params(cls: type, raw: dict[str, Any], head: str) -> Any:
+    """Build the hyper-parameter dataclass ``cls`` from ``raw``; unknown names are an error."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ValueError(f"unknown hyper-parameter(s) {unknown} for head {head!r}; valid: {sorted(names)}")
+    return cls(**raw)
+
+
+@dataclasses.dataclass
+class NeuralParams:
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    epochs: int = 100
+    patience: int = 15
+    batch_size: int = 128
+    gate_dim: int = 128  # width of the learned gated fusion (``gated`` only)
+
+    def loop(self, seed: int) -> LoopConfig:
+        return LoopConfig(
+            epochs=self.epochs,
+            patience=self.patience,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            seed=seed,
+        )
+
+
+def input_block(pre: FusionPreprocessor, gate_dim: int) -> FusedInput:
+    return FusedInput(pre.fused_dim, list(pre.views), [pre.dims[v] for v in pre.views], gate_dim)
+
+
+def net_inputs(data: Prepared, gate: bool = False) -> dict[str, np.ndarray]:
+    """``{"x": fused}`` (``concat*``) or ``{"view:<v>": z_v}`` (``gated``); ``"gate"`` = graph view."""
+    arrays = {"x": data.fused} if data.fused is not None else {view_key(v): a for v, a in data.views.items()}
+    if gate:
+        arrays["gate"] = data.views["graph"]
+    return arrays
+
+
+def rows(arrays: dict[str, np.ndarray], idx: np.ndarray) -> Batch:
+    return {k: torch.as_tensor(np.ascontiguousarray(v[idx]), dtype=torch.float32) for k, v in arrays.items()}
+
+
+def finish(out: torch.Tensor, is_cls: torch.Tensor) -> np.ndarray:
+    """Sigmoid on classification columns (probabilities); regression columns stay standardised."""
+    return torch.where(is_cls, torch.sigmoid(out), out).numpy().astype(np.float32)
+
+
+class NeuralPredictor:
+    """Skeleton of a torch head: build -> (initialise from data) -> masked-loss training -> predict."""
+
+    kind: ClassVar[str]
+    params_cls: ClassVar[type] = NeuralParams
+    uses_gate: ClassVar[bool] = False
+    per_task: ClassVar[bool] = False
+
+    def __init__(self, pre: FusionPreprocessor, task_types: list[str], params: Any) -> None:
+        self.pre = pre
+        self.task_types = list(task_types)
+        self.params = params
+        self.is_cls = torch.tensor([t == "classification" for t in task_types])
+        self.net = self.build()
+
+    def build(self) -> nn.Module:
+        raise TypeError(f"{type(self).__name__} must define build()")
+
+    def initialise(self, data: Prepared, train_idx: np.ndarray, seed: int) -> None:
+        """Data-dependent initialisation before training (none by default)."""
+
+    def forward(self, net: nn.Module, batch: Batch) -> torch.Tensor:
+        return net(batch)
+
+    def extra_loss(self, net: nn.Module, batch: Batch) -> torch.Tensor | None:
+        return None
+
+    def on_epoch_start(self, net: nn.Module, epoch: int) -> None:
+        """Hook run before every epoch (none by default)."""
+
+    def fit(
+        self,
+        data: Prepared,
+        y: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        seed: int,
+        groups: np.ndarray | None = None,
+    ) -> dict:
+        torch.manual_seed(seed)
+        self.net = self.build()
+        self.groups = groups
+        self.initialise(data, train_idx, seed)
+        arrays = net_inputs(data, self.uses_gate)
+        train = {
+            **rows(arrays, train_idx),
+            **labels_to_tensors(y[train_idx]),
+            "row": torch.as_tensor(train_idx, dtype=torch.long),
+        }
+        val = {**rows(arrays, val_idx), **labels_to_tensors(y[val_idx])}
+        extra = self.extra_loss if type(self).extra_loss is not NeuralPredictor.extra_loss else None
+        return fit_network(
+            self.net,
+            train,
+            val,
+            self.is_cls,
+            self.params.loop(seed),
+            forward=self.forward,
+            extra_loss=extra,
+            on_epoch_start=self.on_epoch_start,
+            per_task=self.per_task,
+        )
+
+    def predict(self, data: Prepared) -> np.ndarray:
+        batch = rows(net_inputs(data, self.uses_gate), np.arange(len(data)))
+        return finish(predict_batched(self.net, batch, self.forward), self.is_cls)
+
+    def config(self) -> dict:
+        return {}
+
+    def save(self, directory: Path) -> dict:
+        save_file(
+            {k: v.contiguous() for k, v in self.net.state_dict().items()}, str(directory / WEIGHTS_FILE)
+        )
+        return self.config()
+
+    def load(self, directory: Path, config: dict) -> None:
+        self.net.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        self.net.eval()

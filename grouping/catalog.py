@@ -1,0 +1,243 @@
+"""The auxiliary-data catalog: which labelled data sets a recommendation may draw from.
+
+A catalog entry names a CSV (relative to the catalog folder, or absolute for user-registered sets),
+its SMILES column, its label columns and one task type for all of them, plus an optional row filter
+(``{"column": "Species", "equals": "Homo sapiens"}``). The shipped definition lives in
+``grouping/catalog/catalog.json``; users add their own sets to a JSON file of the same shape
+(:func:`register_dataset`), which is merged over the shipped one (a user name may not shadow a shipped
+name).
+
+>>> entries = load_catalog(extra=None)
+>>> [e.name for e in entries][:3]
+['bbbp', 'bace', 'clintox']
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+SHIPPED_CATALOG = Path(__file__).resolve().parent / "catalog" / "catalog.json"
+TaskType = Literal["classification", "regression"]
+TASK_TYPES: tuple[str, ...] = ("classification", "regression")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class CatalogError(ValueError):
+    """A malformed catalog entry or a data file that does not match its entry; the message names it."""
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Keep only rows whose ``column`` equals ``equals`` (compared as text)."""
+
+    column: str
+    equals: str
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One auxiliary data set: a CSV, its SMILES column, label columns and their task type."""
+
+    name: str
+    file: str
+    smiles_column: str
+    label_columns: tuple[str, ...] | None  # None: every column but the SMILES column and exclude_columns
+    task_type: TaskType
+    exclude_columns: tuple[str, ...] = ()
+    row_filter: RowFilter | None = None
+    notes: str = ""
+    overlaps: dict[str, str] = field(default_factory=dict)
+    source: str = "shipped"  # "shipped" or "user"
+
+    def path(self, catalog_dir: Path) -> Path:
+        p = Path(self.file)
+        return p if p.is_absolute() else catalog_dir / p
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["label_columns"] = list(self.label_columns) if self.label_columns is not None else None
+        out["exclude_columns"] = list(self.exclude_columns)
+        return out
+
+
+@dataclass
+class LoadedDataset:
+    """A catalog set read into memory: SMILES and a float label matrix (NaN = missing label)."""
+
+    name: str
+    smiles: list[str]
+    labels: np.ndarray  # float32 [N, T]
+    label_columns: list[str]
+    task_type: TaskType
+    total_rows: int  # rows after the row filter, before subsampling
+
+    @property
+    def task_types(self) -> list[str]:
+        return [self.task_type] * len(self.label_columns)
+
+
+def parse_entry(raw: dict, source: str = "shipped") -> CatalogEntry:
+    """Validate one JSON entry (names the offending field in the error)."""
+    try:
+        name = str(raw["name"])
+        file = str(raw["file"])
+        smiles_column = str(raw["smiles_column"])
+        task_type = str(raw["task_type"])
+    except KeyError as exc:
+        raise CatalogError(f"catalog entry {raw.get('name', raw)!r} lacks field {exc.args[0]!r}") from exc
+    if not _NAME.match(name):
+        raise CatalogError(
+            f"catalog name {name!r} must be lower-case letters, digits, '_', '-', '.' (<= 64)"
+        )
+    if task_type not in TASK_TYPES:
+        raise CatalogError(f"catalog entry {name!r}: task_type {task_type!r} not in {list(TASK_TYPES)}")
+    labels = raw.get("label_columns")
+    if labels is not None and (not isinstance(labels, list) or not labels):
+        raise CatalogError(f"catalog entry {name!r}: label_columns must be a non-empty list or null")
+    flt = raw.get("row_filter")
+    row_filter = None
+    if flt is not None:
+        if not isinstance(flt, dict) or "column" not in flt or "equals" not in flt:
+            raise CatalogError(f"catalog entry {name!r}: row_filter needs 'column' and 'equals'")
+        row_filter = RowFilter(str(flt["column"]), str(flt["equals"]))
+    return CatalogEntry(
+        name=name,
+        file=file,
+        smiles_column=smiles_column,
+        label_columns=tuple(str(c) for c in labels) if labels is not None else None,
+        task_type=task_type,  # type: ignore[arg-type]
+        exclude_columns=tuple(str(c) for c in raw.get("exclude_columns", [])),
+        row_filter=row_filter,
+        notes=str(raw.get("notes", "")),
+        overlaps={str(k): str(v) for k, v in (raw.get("overlaps") or {}).items()},
+        source=source,
+    )
+
+
+def _read_entries(path: Path, source: str) -> list[CatalogEntry]:
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CatalogError(f"catalog file {path} is not valid JSON: {exc}") from exc
+    return [parse_entry(raw, source) for raw in doc.get("datasets", [])]
+
+
+def load_catalog(extra: Path | None = None, shipped: Path = SHIPPED_CATALOG) -> list[CatalogEntry]:
+    """Shipped entries followed by the user-registered ones in ``extra`` (when that file exists)."""
+    entries = _read_entries(shipped, "shipped")
+    names = {e.name for e in entries}
+    if extra is not None and extra.exists():
+        for entry in _read_entries(extra, "user"):
+            if entry.name in names:
+                raise CatalogError(f"user catalog {extra} redefines data set {entry.name!r}")
+            names.add(entry.name)
+            entries.append(entry)
+    return entries
+
+
+def register_dataset(extra: Path, entry: CatalogEntry, catalog_dir: Path) -> CatalogEntry:
+    """Validate ``entry`` against its file and add it to the user catalog JSON ``extra`` (atomic write)."""
+    existing = load_catalog(extra)
+    if any(e.name == entry.name for e in existing):
+        raise CatalogError(f"a data set named {entry.name!r} is already in the catalog")
+    check_entry(entry, catalog_dir)
+    user = _read_entries(extra, "user") if extra.exists() else []
+    user.append(entry)
+    extra.parent.mkdir(parents=True, exist_ok=True)
+    tmp = extra.with_suffix(extra.suffix + ".tmp")
+    doc = {
+        "version": 1,
+        "datasets": [{k: v for k, v in e.to_json().items() if k != "source"} for e in user],
+    }
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(extra)
+    log.info("catalog set registered", extra={"dataset": entry.name, "file": entry.file})
+    return entry
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        return list(pd.read_csv(path, nrows=0).columns)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise CatalogError(f"{path} is not a readable CSV: {exc}") from exc
+
+
+def resolve_label_columns(entry: CatalogEntry, columns: list[str]) -> list[str]:
+    if entry.label_columns is not None:
+        return list(entry.label_columns)
+    skip = {entry.smiles_column, *entry.exclude_columns}
+    if entry.row_filter is not None:
+        skip.add(entry.row_filter.column)
+    return [c for c in columns if c not in skip]
+
+
+def check_entry(entry: CatalogEntry, catalog_dir: Path) -> dict:
+    """Check that the file exists and holds the named columns; returns a status dict (raises on error)."""
+    path = entry.path(catalog_dir)
+    if not path.exists():
+        raise CatalogError(f"{entry.name}: file not found: {path}")
+    columns = _header(path)
+    wanted = [entry.smiles_column, *(entry.label_columns or [])]
+    if entry.row_filter is not None:
+        wanted.append(entry.row_filter.column)
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise CatalogError(f"{entry.name}: columns {missing} not in {path.name} (columns: {columns[:20]})")
+    labels = resolve_label_columns(entry, columns)
+    if not labels:
+        raise CatalogError(f"{entry.name}: no label columns in {path.name}")
+    return {
+        "dataset": entry.name,
+        "file": str(path),
+        "tasks": len(labels),
+        "task_type": entry.task_type,
+        "bytes": path.stat().st_size,
+    }
+
+
+def check_catalog(entries: list[CatalogEntry], catalog_dir: Path) -> list[dict]:
+    """One status row per entry: ``ok`` with task count and size, or ``error`` with the reason."""
+    rows = []
+    for entry in entries:
+        try:
+            rows.append({"status": "ok", "source": entry.source, **check_entry(entry, catalog_dir)})
+        except CatalogError as exc:
+            rows.append(
+                {"dataset": entry.name, "status": "error", "source": entry.source, "error": str(exc)}
+            )
+    return rows
+
+
+def load_dataset(
+    entry: CatalogEntry, catalog_dir: Path, max_rows: int | None = None, seed: int = 0
+) -> LoadedDataset:
+    """Read a catalog set; with ``max_rows``, a deterministic uniform subsample (``seed``) of that size.
+
+    Label cells that are empty or not numbers become NaN; rows without any label are dropped.
+    """
+    path = entry.path(catalog_dir)
+    columns = _header(path)
+    labels = resolve_label_columns(entry, columns)
+    usecols = [entry.smiles_column, *labels] + ([entry.row_filter.column] if entry.row_filter else [])
+    df = pd.read_csv(path, usecols=list(dict.fromkeys(usecols)), low_memory=False)
+    if entry.row_filter is not None:
+        df = df[df[entry.row_filter.column].astype(str) == entry.row_filter.equals]
+    y = df[labels].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
+    keep = ~np.isnan(y).all(axis=1) & df[entry.smiles_column].notna().to_numpy()
+    smiles = df[entry.smiles_column].astype(str).to_numpy()[keep]
+    y = y[keep]
+    total = len(smiles)
+    if max_rows is not None and total > max_rows:
+        idx = np.sort(np.random.default_rng(seed).choice(total, size=max_rows, replace=False))
+        smiles, y = smiles[idx], y[idx]
+    return LoadedDataset(entry.name, smiles.tolist(), y, labels, entry.task_type, total)

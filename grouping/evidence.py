@@ -1,0 +1,187 @@
+"""Evidence for a group: the same fused head trained on the target alone vs. target + auxiliary sets.
+
+Group training stacks the rows of the target and of each auxiliary set into one multi-task table
+``y = [target tasks | aux tasks]`` with NaN wherever a molecule has no label for a task, so the head's
+masked loss trains every task on the rows that have it (:func:`fusion.training.fit_head`). Early
+stopping and all reported numbers use the target's validation rows and the target's tasks only.
+Auxiliary rows whose canonical SMILES occur in the target's validation or test rows are removed first
+(and counted), so a near-duplicate auxiliary set cannot leak those labels.
+
+Relative improvement of a metric ``m`` over target alone ``m_0``: ``(m − m_0)/m_0`` for ROC-AUC and
+``(m_0 − m)/m_0`` for RMSE, so positive is better in both cases.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusion.training import evaluate, fit_head, scaffold_split
+from grouping.features import SetFeatures
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StackedTable:
+    views: dict[str, np.ndarray]
+    y: np.ndarray
+    task_types: list[str]
+    tasks: list[str]
+    n_target: int  # rows [0, n_target) are the target's, in its order
+    aux_rows_removed: int  # auxiliary rows dropped because their molecule is in the target's eval rows
+
+
+def primary(task_types: Sequence[str]) -> str:
+    return "roc_auc" if all(t == "classification" for t in task_types) else "rmse"
+
+
+def relative_improvement(value: float, baseline: float, metric: str) -> float:
+    if baseline == 0:
+        return 0.0
+    return (value - baseline) / abs(baseline) if metric == "roc_auc" else (baseline - value) / abs(baseline)
+
+
+def _value(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def summarise(values: Sequence[float]) -> dict:
+    """Mean and population std over the defined values (NaN = metric undefined for that seed)."""
+    arr = np.asarray(values, dtype=np.float64)
+    ok = arr[~np.isnan(arr)]
+    return {
+        "mean": float(ok.mean()) if ok.size else None,
+        "std": float(ok.std()) if ok.size else None,
+        "values": [None if np.isnan(x) else float(x) for x in arr],
+    }
+
+
+def stack(target: SetFeatures, group: Sequence[SetFeatures], exclude: set[str]) -> StackedTable:
+    """Target rows first, then each auxiliary set's rows (minus molecules in ``exclude``)."""
+    views = {k: [v] for k, v in target.views().items()}
+    t_tasks = len(target.task_types)
+    blocks: list[np.ndarray] = []
+    types = list(target.task_types)
+    tasks = list(target.label_columns)
+    removed = 0
+    for aux in group:
+        keep = np.array([s not in exclude for s in aux.smiles], dtype=bool)
+        removed += int((~keep).sum())
+        labels = aux.labels[keep]
+        cols = np.flatnonzero(~np.isnan(labels).all(axis=0))  # tasks with at least one label left
+        blocks.append(labels[:, cols])
+        types += [aux.task_types[c] for c in cols]
+        tasks += [f"{aux.name}:{aux.label_columns[c]}" for c in cols]
+        for k, v in aux.views().items():
+            views[k].append(v[keep])
+    n_rows = len(target) + sum(len(b) for b in blocks)
+    y = np.full((n_rows, len(tasks)), np.nan, dtype=np.float32)
+    y[: len(target), :t_tasks] = target.labels
+    row, col = len(target), t_tasks
+    for b in blocks:
+        y[row : row + len(b), col : col + b.shape[1]] = b
+        row += len(b)
+        col += b.shape[1]
+    return StackedTable(
+        {k: np.concatenate(v) for k, v in views.items()}, y, types, tasks, len(target), removed
+    )
+
+
+def fit_and_score(
+    target: SetFeatures,
+    group: Sequence[SetFeatures],
+    train: np.ndarray,
+    val: np.ndarray,
+    test: np.ndarray | None,
+    seed: int,
+    head: str = "mlp",
+    fusion: str = "concat",
+    **hparams,
+) -> dict:
+    """Fit the head on target train rows (+ all rows of ``group``), early-stopped on target ``val``.
+
+    Returns the target-task metrics on ``val`` (and ``test`` when given) and the rows used.
+    """
+    exclude = {target.smiles[i] for i in np.concatenate([val, test if test is not None else val])}
+    table = stack(target, group, exclude)
+    aux_rows = np.arange(table.n_target, len(table.y))
+    model = fit_head(
+        table.views,
+        table.y,
+        table.task_types,
+        np.concatenate([train, aux_rows]),
+        val,
+        head=head,
+        fusion=fusion,
+        seed=seed,
+        tasks=table.tasks,
+        **hparams,
+    )
+    t_types = list(target.task_types)
+    n_t = len(t_types)
+
+    def score(rows: np.ndarray) -> dict:
+        pred = model.predict({k: v[rows] for k, v in table.views.items()})[:, :n_t]
+        return evaluate(target.labels[rows], pred, t_types, list(target.label_columns))["mean"]
+
+    out = {
+        "val": score(val),
+        "train_rows": int(len(train) + len(aux_rows)),
+        "aux_rows_removed": table.aux_rows_removed,
+    }
+    if test is not None:
+        out["test"] = score(test)
+    return out
+
+
+def group_evidence(
+    target: SetFeatures,
+    group: Sequence[SetFeatures],
+    seeds: int = 3,
+    split_seed: int = 0,
+    head: str = "mlp",
+    fusion: str = "concat",
+    progress: Callable[[float, str], None] | None = None,
+    **hparams,
+) -> dict:
+    """Validation metric of target alone vs. target + ``group`` over ``seeds`` model seeds on one scaffold
+    split (``split_seed``, 80/10/10; its test rows are not used), mean ± population std."""
+    train, val, _test = scaffold_split(target.smiles, split_seed)
+    metric = primary(target.task_types)
+    runs: dict[str, list[float]] = {"target_alone": [], "target_plus_group": []}
+    removed = 0
+    for s in range(seeds):
+        alone = fit_and_score(target, [], train, val, None, seed=s, head=head, fusion=fusion, **hparams)
+        runs["target_alone"].append(_value(alone["val"][metric]))
+        if group:
+            grouped = fit_and_score(
+                target, group, train, val, None, seed=s, head=head, fusion=fusion, **hparams
+            )
+            runs["target_plus_group"].append(_value(grouped["val"][metric]))
+            removed = grouped["aux_rows_removed"]
+        else:
+            runs["target_plus_group"].append(_value(alone["val"][metric]))
+        if progress is not None:
+            progress((s + 1) / seeds, f"evidence seed {s + 1}/{seeds}")
+    summary = {k: summarise(v) for k, v in runs.items()}
+    return {
+        "metric": metric,
+        "split": "scaffold",
+        "split_seed": split_seed,
+        "seeds": seeds,
+        "rows": {"train": int(len(train)), "val": int(len(val))},
+        "head": head,
+        "fusion": fusion,
+        **summary,
+        "relative_improvement": None
+        if None in (summary["target_plus_group"]["mean"], summary["target_alone"]["mean"])
+        else relative_improvement(
+            summary["target_plus_group"]["mean"], summary["target_alone"]["mean"], metric
+        ),
+        "aux_rows_removed": removed,
+        "group": [g.name for g in group],
+    }

@@ -1,0 +1,201 @@
+"""Per-molecule features for grouping: fused embeddings (the service's :class:`~models.embedder.Embedder`)
+and Morgan fingerprints, with an on-disk cache for catalog sets.
+
+Catalog sets are embedded once per encoder version pair and subsample: ``<cache>/<key>/<name>.npz``
+holds canonical SMILES, labels, the fused embedding matrix and packed fingerprint bits, where ``key``
+hashes the encoder versions, the file's size and mtime, the subsample size and its seed. Rows whose
+SMILES the embedder rejects are dropped before caching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rdkit import Chem
+from rdkit.Chem import rdFingerprintGenerator
+
+from grouping.catalog import CatalogEntry, load_dataset
+
+log = logging.getLogger(__name__)
+
+FP_BITS = 1024
+FP_RADIUS = 2
+
+
+@dataclass
+class SetFeatures:
+    """One data set's valid molecules with labels and features, rows aligned."""
+
+    name: str
+    smiles: list[str]  # canonical
+    labels: np.ndarray  # float32 [N, T], NaN = missing
+    task_types: list[str]
+    label_columns: list[str]
+    fused: np.ndarray  # float32 [N, D_smiles + D_graph], the embedder's fused view
+    fingerprints: np.ndarray  # uint8 [N, FP_BITS] of 0/1
+    total_rows: int  # rows in the source before subsampling
+    smiles_dim: int  # fused[:, :smiles_dim] is the SMILES view, the rest the graph view
+
+    def views(self) -> dict[str, np.ndarray]:
+        """The two encoder views, as the fusion heads take them."""
+        return {"smiles": self.fused[:, : self.smiles_dim], "graph": self.fused[:, self.smiles_dim :]}
+
+    def __len__(self) -> int:
+        return len(self.smiles)
+
+    def subset(self, idx: np.ndarray) -> SetFeatures:
+        return SetFeatures(
+            self.name,
+            [self.smiles[i] for i in idx],
+            self.labels[idx],
+            self.task_types,
+            self.label_columns,
+            self.fused[idx],
+            self.fingerprints[idx],
+            self.total_rows,
+            self.smiles_dim,
+        )
+
+
+def morgan_bits(smiles: list[str]) -> np.ndarray:
+    """Morgan (ECFP4-like, radius 2) bit vectors of length ``FP_BITS`` as uint8 0/1."""
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=FP_RADIUS, fpSize=FP_BITS)
+    out = np.zeros((len(smiles), FP_BITS), dtype=np.uint8)
+    for i, s in enumerate(smiles):
+        mol = Chem.MolFromSmiles(s)
+        if mol is not None:
+            out[i] = gen.GetFingerprintAsNumPy(mol).astype(np.uint8)
+    return out
+
+
+def featurize(
+    name: str,
+    smiles: list[str],
+    labels: np.ndarray,
+    task_types: list[str],
+    label_columns: list[str],
+    embedder,
+    total_rows: int | None = None,
+) -> SetFeatures:
+    """Embed (fused view) and fingerprint ``smiles``; rows the embedder rejects (or that come out
+    non-finite) are dropped."""
+    out = embedder.embed(smiles, views=("fused",))
+    ok = out.valid & np.isfinite(out.vectors["fused"]).all(axis=1)
+    if (out.valid & ~ok).any():
+        log.warning(
+            "non-finite embeddings dropped", extra={"dataset": name, "rows": int((out.valid & ~ok).sum())}
+        )
+    canonical = [c for c, v in zip(out.canonical, ok, strict=True) if v]
+    return SetFeatures(
+        name,
+        canonical,
+        labels[ok],
+        list(task_types),
+        list(label_columns),
+        out.vectors["fused"][ok],
+        morgan_bits(canonical),
+        total_rows if total_rows is not None else len(smiles),
+        embedder.dims["smiles"],
+    )
+
+
+def cache_key(
+    entry: CatalogEntry, catalog_dir: Path, versions: dict[str, str], max_rows: int | None, seed: int
+) -> str:
+    path = entry.path(catalog_dir)
+    stat = path.stat()
+    payload = json.dumps(
+        {
+            "entry": entry.to_json(),
+            "size": stat.st_size,
+            "mtime": int(stat.st_mtime),
+            "versions": versions,
+            "max_rows": max_rows,
+            "seed": seed,
+            "fp": [FP_RADIUS, FP_BITS],
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+def catalog_features(
+    entry: CatalogEntry,
+    catalog_dir: Path,
+    embedder,
+    cache_dir: Path | None,
+    max_rows: int | None,
+    seed: int = 0,
+) -> SetFeatures:
+    """Features of one catalog set (subsampled to ``max_rows`` with ``seed``), cached on disk."""
+    file = None
+    if cache_dir is not None:
+        key = cache_key(entry, catalog_dir, embedder.versions, max_rows, seed)
+        file = cache_dir / f"{entry.name}-{key}.npz"
+        if file.exists():
+            with np.load(file, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                return SetFeatures(
+                    entry.name,
+                    z["smiles"].tolist(),
+                    z["labels"],
+                    meta["task_types"],
+                    meta["label_columns"],
+                    z["fused"],
+                    np.unpackbits(z["fp"], axis=1)[:, :FP_BITS],
+                    meta["total_rows"],
+                    meta["smiles_dim"],
+                )
+    data = load_dataset(entry, catalog_dir, max_rows=max_rows, seed=seed)
+    feats = featurize(
+        entry.name, data.smiles, data.labels, data.task_types, data.label_columns, embedder, data.total_rows
+    )
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(file.name + ".tmp.npz")
+        meta = json.dumps(
+            {
+                "task_types": feats.task_types,
+                "label_columns": feats.label_columns,
+                "total_rows": feats.total_rows,
+                "versions": embedder.versions,
+                "smiles_dim": feats.smiles_dim,
+            }
+        )
+        np.savez(
+            tmp,
+            smiles=np.array(feats.smiles, dtype=str),
+            labels=feats.labels,
+            fused=feats.fused,
+            fp=np.packbits(feats.fingerprints, axis=1),
+            meta=np.array(meta),
+        )
+        tmp.replace(file)
+        log.info(
+            "catalog features cached", extra={"dataset": entry.name, "rows": len(feats), "file": str(file)}
+        )
+    return feats
+
+
+def load_catalog_features(
+    entries: list[CatalogEntry],
+    catalog_dir: Path,
+    embedder,
+    cache_dir: Path | None,
+    max_rows: int | None,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, SetFeatures]:
+    """Features for every entry, in order; ``progress(name, done, total)`` after each set."""
+    out: dict[str, SetFeatures] = {}
+    for i, entry in enumerate(entries):
+        out[entry.name] = catalog_features(entry, catalog_dir, embedder, cache_dir, max_rows, seed)
+        if progress is not None:
+            progress(entry.name, i + 1, len(entries))
+    return out

@@ -1,0 +1,182 @@
+"""The user's target data set: reading and validating an uploaded CSV (CLI and HTTP share this).
+
+Validation, each failure a :class:`TargetError` naming the field and carrying an HTTP status:
+
+- not a readable CSV (400); more bytes or rows than allowed (413);
+- no SMILES column, unknown/no label column, labels that are not numbers, a classification column
+  that is not binary, fewer than ``min_rows`` valid rows, all SMILES invalid (422).
+
+Rows with an unparsable SMILES or without any label are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from app.tabular import TableError, detect_smiles_column
+from models.chemistry import ParsePolicy, parse_smiles
+
+TASK_TYPE_CHOICES = ("auto", "classification", "regression")
+
+
+class TargetError(ValueError):
+    """Invalid target upload; ``field`` names the offending input and ``status`` is the HTTP code."""
+
+    def __init__(self, message: str, field: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+@dataclass
+class TargetSet:
+    """Valid rows of the target: canonical SMILES, labels [N, T] (NaN = missing), one task type per column."""
+
+    name: str
+    smiles: list[str]
+    labels: np.ndarray
+    label_columns: list[str]
+    task_types: list[str]
+    rows: int  # data rows in the file
+    invalid_rows: int  # rows skipped: unparsable SMILES or no label
+    invalid_examples: list[dict] = field(default_factory=list)  # first few skipped rows with the reason
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "rows": self.rows,
+            "valid_rows": len(self.smiles),
+            "invalid_rows": self.invalid_rows,
+            "label_columns": self.label_columns,
+            "task_types": self.task_types,
+            "invalid_examples": self.invalid_examples,
+        }
+
+
+def read_csv_bytes(data: bytes, max_bytes: int, max_rows: int) -> pd.DataFrame:
+    """Parse an uploaded CSV, enforcing the byte and row limits."""
+    if len(data) > max_bytes:
+        raise TargetError(f"upload is {len(data)} bytes; the limit is {max_bytes}", "file", 413)
+    if not data.strip():
+        raise TargetError("upload is empty", "file", 400)
+    if b"\x00" in data[:4096]:
+        raise TargetError("upload is not a CSV (binary content)", "file", 400)
+    try:
+        df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise TargetError(f"upload is not a readable CSV: {exc}", "file", 400) from exc
+    if df.shape[1] < 2:
+        raise TargetError(
+            f"CSV needs a SMILES column and at least one label column; found {list(df.columns)}",
+            "file",
+            422,
+        )
+    if len(df) > max_rows:
+        raise TargetError(f"upload has {len(df)} rows; the limit is {max_rows}", "file", 413)
+    return df
+
+
+def _label_columns(df: pd.DataFrame, smiles_column: str, targets: list[str] | None) -> list[str]:
+    if targets:
+        missing = [t for t in targets if t not in df.columns]
+        if missing:
+            raise TargetError(
+                f"label column(s) {missing} not in the CSV (columns: {list(df.columns)})", "targets"
+            )
+        if smiles_column in targets:
+            raise TargetError(f"column {smiles_column!r} is the SMILES column, not a label", "targets")
+        return targets
+    numeric = []
+    for col in df.columns:
+        if col == smiles_column:
+            continue
+        values = pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
+        if values.notna().any() and values.notna().sum() == (df[col] != "").sum():
+            numeric.append(col)
+    if not numeric:
+        raise TargetError(
+            f"no numeric label column found among {list(df.columns)}; name them with targets", "targets"
+        )
+    return numeric
+
+
+def _task_type(values: np.ndarray, column: str, requested: str) -> str:
+    present = values[~np.isnan(values)]
+    binary = bool(len(present)) and bool(np.isin(present, (0.0, 1.0)).all())
+    if requested == "classification" and not binary:
+        raise TargetError(f"label column {column!r} must hold only 0/1 for classification", "task_type")
+    if requested == "auto":
+        return "classification" if binary else "regression"
+    return requested
+
+
+def parse_target(
+    df: pd.DataFrame,
+    name: str,
+    smiles_column: str | None = None,
+    targets: list[str] | None = None,
+    task_type: str = "auto",
+    min_rows: int = 50,
+    policy: ParsePolicy = ParsePolicy(),
+) -> TargetSet:
+    """Validate a target table and return its valid rows (SMILES canonicalised once here)."""
+    if task_type not in TASK_TYPE_CHOICES:
+        raise TargetError(f"task_type {task_type!r} not in {list(TASK_TYPE_CHOICES)}", "task_type")
+    columns = [str(c) for c in df.columns]
+    if smiles_column is not None:
+        if smiles_column not in columns:
+            raise TargetError(
+                f"SMILES column {smiles_column!r} not in the CSV (columns: {columns})", "smiles_column"
+            )
+    else:
+        try:
+            smiles_column = detect_smiles_column(columns, df.head(50))
+        except TableError as exc:
+            raise TargetError(
+                str(exc).replace("pass --smiles-column", "name it with smiles_column"), "smiles_column"
+            ) from exc
+    labels = _label_columns(df, smiles_column, targets)
+    y = np.empty((len(df), len(labels)), dtype=np.float32)
+    for j, col in enumerate(labels):
+        raw = df[col].astype(str).str.strip()
+        values = pd.to_numeric(raw.replace("", np.nan), errors="coerce")
+        bad = values.isna() & (raw != "") & (raw.str.lower() != "nan")
+        if bad.any():
+            first = int(np.flatnonzero(bad.to_numpy())[0])
+            raise TargetError(
+                f"label column {col!r} is not numeric: row {first + 2} holds {raw.iloc[first]!r}", "targets"
+            )
+        y[:, j] = values.to_numpy(dtype=np.float32)
+    types = [_task_type(y[:, j], col, task_type) for j, col in enumerate(labels)]
+    smiles: list[str] = []
+    keep: list[int] = []
+    examples: list[dict] = []
+    for i, raw in enumerate(df[smiles_column].tolist()):
+        parsed = parse_smiles(raw, policy)
+        reason = parsed.error or (None if not np.isnan(y[i]).all() else "no label")
+        if reason is None:
+            smiles.append(parsed.canonical)  # type: ignore[arg-type]
+            keep.append(i)
+        elif len(examples) < 5:
+            examples.append({"row": i + 2, "smiles": str(raw)[:100], "reason": reason})
+    if not keep:
+        raise TargetError(
+            f"none of the {len(df)} rows has a valid SMILES and a label (column {smiles_column!r})",
+            "smiles_column",
+        )
+    if len(keep) < min_rows:
+        raise TargetError(f"only {len(keep)} valid rows (need at least {min_rows})", "file")
+    return TargetSet(
+        name=name,
+        smiles=smiles,
+        labels=y[keep],
+        label_columns=labels,
+        task_types=types,
+        rows=len(df),
+        invalid_rows=len(df) - len(keep),
+        invalid_examples=examples,
+    )

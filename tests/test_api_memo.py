@@ -1,0 +1,37 @@
+"""The service's in-process memos: bounded LRU, validation outcomes, head outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.api.memo import CanonicalMemo, LRUMemo, PredictionMemo
+from models.chemistry import ParsePolicy
+
+
+def test_lru_memo_evicts_least_recently_used():
+    memo: LRUMemo[str, int] = LRUMemo(2)
+    memo.put_many([("a", 1), ("b", 2)])
+    assert memo.get_many(["a"]) == [1]  # "a" is now the most recent
+    memo.put_many([("c", 3)])
+    assert memo.get_many(["a", "b", "c"]) == [1, None, 3]
+    off: LRUMemo[str, int] = LRUMemo(0)
+    off.put_many([("a", 1)])
+    assert off.get_many(["a"]) == [None] and len(off) == 0
+
+
+def test_canonical_memo_matches_rdkit_and_recalls_only_known_inputs():
+    memo = CanonicalMemo(ParsePolicy(max_smiles_length=20))
+    assert memo.recall(["OCC"]) is None
+    canonical, errors = memo(["OCC", "C(", "C" * 30])
+    assert canonical == ["CCO", None, None]
+    assert errors[0] is None and "unparsable" in errors[1] and "too long" in errors[2]
+    assert memo.recall(["OCC", "C("]) == (["CCO", None], [None, errors[1]])
+    assert memo.recall(["C" * 30]) is None  # over-long inputs are not kept
+
+
+def test_prediction_memo_is_keyed_by_head_version():
+    memo = PredictionMemo(10)
+    memo.store("esol", "v1", ["CCO"], np.array([[1.5]]))
+    assert memo.lookup("esol", "v1", ["CCO"])[0].tolist() == [1.5]
+    assert memo.lookup("esol", "v2", ["CCO"]) == [None]  # a retrained head never reads old outputs
+    assert memo.lookup("bbbp", "v1", ["CCO"]) == [None]

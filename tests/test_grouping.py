@@ -1,0 +1,408 @@
+"""Catalog, target validation, grouping methods and the recommend command (tiny encoders, real data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from grouping.catalog import (
+    CatalogError,
+    check_catalog,
+    load_catalog,
+    load_dataset,
+    parse_entry,
+    register_dataset,
+)
+from grouping.evidence import relative_improvement, stack
+from grouping.features import SetFeatures, load_catalog_features
+from grouping.methods import METHODS, nearest_neighbour_tanimoto, score_candidates
+from grouping.recommend import RecommendOptions, recommend
+from grouping.routing import MolGroupConfig, route
+from grouping.target import TargetError, parse_target, read_csv_bytes
+
+SMALL_SETS = ("bace", "esol", "tox21")
+FAST_ROUTING = MolGroupConfig(
+    steps_per_epoch=4, epochs_per_round=2, rounds=2, batch_size=32, score_sample=64
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The routing nets are tiny: one intra-op thread is fastest and avoids oversubscribing CI's 2 cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- catalog
+
+
+def test_shipped_catalog_lists_every_labelled_set_and_files_exist(data_dir: Path) -> None:
+    entries = load_catalog(extra=None)
+    names = [e.name for e in entries]
+    assert len(names) == len(set(names)) == 19
+    manifest = pd.read_csv(data_dir / "MANIFEST.tsv", sep="\t")
+    labelled = manifest[manifest["n_labels"] > 0]["file"].tolist()
+    assert sorted(e.file for e in entries) == sorted(labelled)
+    rows = check_catalog(entries, data_dir)
+    assert [r["status"] for r in rows] == ["ok"] * 19
+    tasks = {r["dataset"]: r["tasks"] for r in rows}
+    assert tasks["toxcast"] == 617 and tasks["sider"] == 27 and tasks["muv"] == 17 and tasks["qm9"] == 12
+
+
+def test_row_filter_and_subsample_are_applied(data_dir: Path) -> None:
+    ppbr = next(e for e in load_catalog() if e.name == "ppbr")
+    full = load_dataset(ppbr, data_dir)
+    assert full.total_rows == len(full.smiles) == 1614  # Homo sapiens rows only (MANIFEST)
+    sub = load_dataset(ppbr, data_dir, max_rows=100, seed=3)
+    again = load_dataset(ppbr, data_dir, max_rows=100, seed=3)
+    assert len(sub.smiles) == 100 and sub.smiles == again.smiles and sub.total_rows == 1614
+    tox21 = load_dataset(next(e for e in load_catalog() if e.name == "tox21"), data_dir)
+    assert tox21.labels.shape[1] == 12 and np.isnan(tox21.labels).any()  # missing labels stay NaN
+
+
+def test_catalog_entry_errors_name_the_field(tmp_path: Path, data_dir: Path) -> None:
+    with pytest.raises(CatalogError, match="lacks field 'smiles_column'"):
+        parse_entry({"name": "x", "file": "a.csv", "task_type": "regression"})
+    with pytest.raises(CatalogError, match="task_type 'binary'"):
+        parse_entry({"name": "x", "file": "a.csv", "smiles_column": "s", "task_type": "binary"})
+    with pytest.raises(CatalogError, match="lower-case"):
+        parse_entry({"name": "Bad Name", "file": "a.csv", "smiles_column": "s", "task_type": "regression"})
+    extra = tmp_path / "extra.json"
+    entry = parse_entry(
+        {
+            "name": "mine",
+            "file": str(data_dir / "moleculenet" / "bbbp.csv"),
+            "smiles_column": "smiles",
+            "label_columns": ["p_np"],
+            "task_type": "classification",
+        },
+        source="user",
+    )
+    register_dataset(extra, entry, data_dir)
+    assert [e.name for e in load_catalog(extra) if e.source == "user"] == ["mine"]
+    with pytest.raises(CatalogError, match="already in the catalog"):
+        register_dataset(extra, entry, data_dir)
+    clash = parse_entry(
+        {"name": "bbbp", "file": "x.csv", "smiles_column": "s", "task_type": "regression"}, "user"
+    )
+    with pytest.raises(CatalogError, match="already in the catalog"):
+        register_dataset(extra, clash, data_dir)
+    wrong = parse_entry(
+        {
+            "name": "wrong",
+            "file": str(data_dir / "moleculenet" / "bbbp.csv"),
+            "smiles_column": "smiles",
+            "label_columns": ["nope"],
+            "task_type": "regression",
+        },
+        "user",
+    )
+    with pytest.raises(CatalogError, match=r"columns \['nope'\] not in bbbp.csv"):
+        register_dataset(extra, wrong, data_dir)
+
+
+def test_datasets_cli_lists_checks_and_registers(tiny_env, data_dir: Path) -> None:
+    from app.cli import cli
+
+    runner = CliRunner()
+    out = runner.invoke(cli, ["datasets", "--json"])
+    assert out.exit_code == 0, out.output
+    listed = json.loads(out.output)["datasets"]
+    assert len(listed) == 19 and all(d["status"] == "ok" for d in listed)
+    bbbp = str(data_dir / "moleculenet" / "bbbp.csv")
+    ok = runner.invoke(
+        cli,
+        [
+            "datasets",
+            "register",
+            "my-bbbp",
+            bbbp,
+            "--smiles-column",
+            "smiles",
+            "--labels",
+            "p_np",
+            "--task-type",
+            "classification",
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    bad = runner.invoke(
+        cli,
+        [
+            "datasets",
+            "register",
+            "other",
+            bbbp,
+            "--smiles-column",
+            "smiles",
+            "--labels",
+            "missing_col",
+            "--task-type",
+            "classification",
+        ],
+    )
+    assert bad.exit_code == 2 and "missing_col" in bad.output
+    again = runner.invoke(cli, ["datasets", "--json"])
+    assert [d["dataset"] for d in json.loads(again.output)["datasets"]][-1] == "my-bbbp"
+    broken = tiny_env.heads_dir / "gone.csv"
+    broken.write_text("smiles,y\nCCO,1\n")
+    assert (
+        runner.invoke(
+            cli,
+            [
+                "datasets",
+                "register",
+                "gone",
+                str(broken),
+                "--smiles-column",
+                "smiles",
+                "--labels",
+                "y",
+                "--task-type",
+                "classification",
+            ],
+        ).exit_code
+        == 0
+    )
+    broken.unlink()
+    missing = runner.invoke(cli, ["datasets"])
+    assert missing.exit_code == 1 and "ERROR  gone" in missing.output
+
+
+# ---------------------------------------------------------------- target validation
+
+
+def _csv(df: pd.DataFrame) -> bytes:
+    return df.to_csv(index=False).encode()
+
+
+@pytest.fixture(scope="module")
+def bbbp_frame(data_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(data_dir / "moleculenet" / "bbbp.csv", dtype=str, keep_default_na=False)
+
+
+def _parse(data: bytes, **kw) -> object:
+    return parse_target(read_csv_bytes(data, 10**7, 10**5), "t", min_rows=50, **kw)
+
+
+def test_target_validation_errors(bbbp_frame: pd.DataFrame) -> None:
+    head = bbbp_frame.head(80)
+    cases = [
+        (b"\x89PNG\r\n\x1a\n\x00\x00binary", {}, 400, "file"),
+        (b"", {}, 400, "file"),
+        (_csv(head.rename(columns={"smiles": "text"}).assign(text="hello")), {}, 422, "smiles_column"),
+        (_csv(head[["smiles"]]), {}, 422, "file"),
+        (_csv(head.assign(p_np="yes")), {"targets": ["p_np"]}, 422, "targets"),
+        (_csv(head.assign(name="a")[["smiles", "name"]]), {}, 422, "targets"),
+        (_csv(head.assign(p_np="0.5")), {"task_type": "classification"}, 422, "task_type"),
+        (_csv(head.head(30)), {}, 422, "file"),
+        (_csv(head.assign(smiles="not-a-smiles")), {}, 422, "smiles_column"),
+        (_csv(head), {"smiles_column": "nope"}, 422, "smiles_column"),
+        (_csv(head), {"targets": ["nope"]}, 422, "targets"),
+    ]
+    for data, kw, code, field in cases:
+        with pytest.raises(TargetError) as err:
+            _parse(data, **kw)
+        assert (err.value.status, err.value.field) == (code, field), (kw, str(err.value))
+    with pytest.raises(TargetError) as big:
+        read_csv_bytes(_csv(head), max_bytes=2000, max_rows=10**5)
+    assert big.value.status == 413
+    with pytest.raises(TargetError) as rows:
+        read_csv_bytes(_csv(head), max_bytes=10**7, max_rows=79)
+    assert rows.value.status == 413 and "80 rows" in str(rows.value)
+
+
+def test_target_skips_and_counts_invalid_rows(bbbp_frame: pd.DataFrame) -> None:
+    df = bbbp_frame.head(70).copy()
+    df.loc[3, "smiles"] = "C1CC"  # unclosed ring
+    df.loc[5, "p_np"] = ""  # no label
+    target = _parse(_csv(df))
+    assert target.invalid_rows == 2 and len(target.smiles) == 68
+    assert target.task_types == ["classification"] and target.label_columns == ["p_np"]
+    assert {e["row"] for e in target.invalid_examples} == {5, 7}
+
+
+# ---------------------------------------------------------------- methods
+
+
+def _synthetic(
+    name: str,
+    rng: np.random.Generator,
+    n: int,
+    w: np.ndarray,
+    rule: str,
+    density: float,
+    shift: float = 0.0,
+) -> SetFeatures:
+    x = rng.normal(size=(n, len(w))).astype(np.float32) + shift
+    y = (x @ w > shift * w.sum()) if rule == "same" else rng.random(n) < 0.5
+    fp = (rng.random((n, 1024)) < density).astype(np.uint8)
+    return SetFeatures(
+        name,
+        [f"{name}{i}" for i in range(n)],
+        y[:, None].astype(np.float32),
+        ["classification"],
+        ["y"],
+        x,
+        fp,
+        n,
+        len(w) // 2,
+    )
+
+
+def test_routing_prefers_the_helpful_auxiliary_set() -> None:
+    """Same labelling rule > random labels on the same molecules > random labels on other molecules."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=16)
+    target = _synthetic("target", rng, 150, w, "same", 0.05)
+    candidates = {
+        "helpful": _synthetic("helpful", rng, 600, w, "same", 0.05),
+        "random": _synthetic("random", rng, 600, w, "random", 0.05),
+        "far": _synthetic("far", rng, 600, w, "random", 0.2, shift=1.0),
+    }
+    cfg = MolGroupConfig(steps_per_epoch=20, rounds=2, epochs_per_round=3, max_group=1)
+    scores = {s.dataset: s for s in route(target, candidates, cfg)}
+    assert scores["helpful"].score > scores["random"].score > scores["far"].score
+    assert scores["helpful"].task_affinity > scores["random"].task_affinity
+    assert scores["far"].structure_affinity < 0 < scores["helpful"].structure_affinity
+    assert scores["helpful"].selected and not scores["random"].selected and not scores["far"].selected
+    assert scores["far"].pruned_in_round == 1  # lowest score after round 1 is pruned
+
+
+def test_tanimoto_similarity_and_stacking() -> None:
+    rng = np.random.default_rng(1)
+    fp = (rng.random((40, 1024)) < 0.1).astype(np.uint8)
+    assert nearest_neighbour_tanimoto(fp, fp) == pytest.approx(1.0)
+    assert nearest_neighbour_tanimoto(fp, 1 - fp) < 0.2
+    w = rng.normal(size=8)
+    target = _synthetic("t", rng, 10, w, "same", 0.1)
+    aux = _synthetic("a", rng, 6, w, "same", 0.1)
+    aux.labels = np.concatenate([aux.labels, np.full((6, 1), np.nan, dtype=np.float32)], axis=1)
+    aux.label_columns, aux.task_types = ["y", "empty"], ["classification", "classification"]
+    table = stack(target, [aux], exclude={"a0", "a1"})
+    assert table.y.shape == (14, 2) and table.tasks == ["y", "a:y"]  # all-missing aux task dropped
+    assert np.isnan(table.y[:10, 1]).all() and np.isnan(table.y[10:, 0]).all()
+    assert table.aux_rows_removed == 2 and table.views["smiles"].shape == (14, 4)
+    assert relative_improvement(0.8, 0.5, "roc_auc") == pytest.approx(0.6)
+    assert relative_improvement(0.5, 1.0, "rmse") == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def small_catalog(data_dir: Path, tiny_embedder, tmp_path_factory: pytest.TempPathFactory):
+    entries = [e for e in load_catalog() if e.name in SMALL_SETS]
+    cache = tmp_path_factory.mktemp("grouping-cache")
+    feats = load_catalog_features(entries, data_dir, tiny_embedder, cache, max_rows=120)
+    return entries, cache, feats
+
+
+def test_catalog_features_are_cached(small_catalog, data_dir: Path, tiny_embedder) -> None:
+    entries, cache, feats = small_catalog
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 3 and all(f.endswith(".npz") for f in files)
+    again = load_catalog_features(entries, data_dir, tiny_embedder, cache, max_rows=120)
+    for name in SMALL_SETS:
+        assert again[name].smiles == feats[name].smiles
+        np.testing.assert_allclose(again[name].fused, feats[name].fused)
+        np.testing.assert_array_equal(again[name].fingerprints, feats[name].fingerprints)
+        assert feats[name].fused.shape == (
+            len(feats[name]),
+            sum(tiny_embedder.dims[v] for v in ("smiles", "graph")),
+        )
+
+
+def test_score_candidates_each_method(small_catalog, bbbp_frame: pd.DataFrame, tiny_embedder) -> None:
+    from grouping.recommend import target_features
+
+    _, _, feats = small_catalog
+    target = target_features(_parse(_csv(bbbp_frame.head(120))), tiny_embedder)
+    selected = {}
+    for method in METHODS:
+        rows = score_candidates(method, target, feats, top_k=2, config=FAST_ROUTING)
+        assert sorted(r["dataset"] for r in rows) == sorted(SMALL_SETS)
+        assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+        selected[method] = {r["dataset"] for r in rows if r["selected"]}
+        if method == "structure":
+            assert selected[method] == {r["dataset"] for r in rows[:2]}
+    assert selected["all"] == set(SMALL_SETS) and selected["none"] == set()
+    assert len(selected["molgroup"]) <= FAST_ROUTING.max_group
+
+
+def test_recommend_result_schema(
+    small_catalog, data_dir: Path, bbbp_frame: pd.DataFrame, tiny_embedder
+) -> None:
+    entries, cache, _ = small_catalog
+    df = bbbp_frame.head(150).copy()
+    df.loc[0, "smiles"] = "not-a-smiles"
+    target = _parse(_csv(df))
+    progress: list[float] = []
+    options = RecommendOptions(
+        method="molgroup",
+        max_aux_rows=120,
+        evidence_seeds=2,
+        routing=FAST_ROUTING,
+        head_params={"epochs": 3, "hidden": 32},
+    )
+    result = recommend(
+        target, entries, data_dir, tiny_embedder, cache, options, lambda f, _m: progress.append(f)
+    )
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    json.dumps(result)  # JSON-ready
+    assert result["method"] == "molgroup" and result["invalid_rows"] == 1
+    for row in result["candidates"]:
+        assert {"dataset", "task_affinity", "structure_affinity", "score", "selected"} <= set(row)
+        assert 0.0 <= row["score"] <= 1.0 and -1.0 <= row["task_affinity"] <= 1.0
+    assert result["recommended_group"] == [r["dataset"] for r in result["candidates"] if r["selected"]]
+    ev = result["evidence"]
+    assert ev["metric"] == "roc_auc" and ev["seeds"] == 2 and len(ev["target_alone"]["values"]) == 2
+    assert 0.0 <= ev["target_alone"]["mean"] <= 1.0 and ev["group"] == result["recommended_group"]
+    assert result["settings"]["routing"]["rounds"] == FAST_ROUTING.rounds and result["wall_time_s"] > 0
+
+
+def test_recommend_cli_writes_json_and_chart(
+    tiny_env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bbbp_frame: pd.DataFrame
+) -> None:
+    from app.cli import cli
+    from app.settings import get_settings
+
+    monkeypatch.setenv("MOLFUSION_GROUPING_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MOLFUSION_RECOMMEND_MAX_AUX_ROWS", "60")
+    get_settings.cache_clear()
+    from app.jobs import reset_shared_embedder
+
+    reset_shared_embedder()
+    target = tmp_path / "target.csv"
+    bbbp_frame.head(90).to_csv(target, index=False)
+    exclude = ",".join(e.name for e in load_catalog() if e.name not in ("esol", "pampa"))
+    out = CliRunner().invoke(
+        cli,
+        [
+            "recommend",
+            str(target),
+            "-o",
+            str(tmp_path / "r" / "result.json"),
+            "--method",
+            "structure",
+            "--evidence-seeds",
+            "0",
+            "--exclude",
+            exclude,
+        ],
+    )
+    reset_shared_embedder()
+    assert out.exit_code == 0, out.output
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert {r["dataset"] for r in result["candidates"]} == {"esol", "pampa"}
+    assert result["evidence"] is None and (tmp_path / "r" / "result.png").stat().st_size > 1000
+    bad = CliRunner().invoke(
+        cli, ["recommend", str(target), "-o", str(tmp_path / "x.json"), "--targets", "nope"]
+    )
+    assert bad.exit_code == 2 and "nope" in bad.output
