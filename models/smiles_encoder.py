@@ -72,19 +72,34 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (Su et al., 2021): rotate (q, k) channel pairs by position * theta_i."""
+    """Rotary position embedding (Su et al., 2021): rotate (q, k) channel pairs by position * theta_i,
+    ``theta_i = base^(-2i/d)``.
+
+    The frequencies are derived from the config, not stored: a non-persistent buffer is left
+    uninitialised by ``from_pretrained`` under transformers 5 (weights are materialised from the
+    checkpoint only), which silently destroyed the position signal of loaded models.
+    """
 
     def __init__(self, head_dim: int, base: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim = head_dim
+        self.base = base
+        self._cache: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _cos_sin(self, seq_len: int, device: torch.device, dtype: torch.dtype):
+        key = (seq_len, device, dtype)
+        if key not in self._cache:
+            steps = torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32)
+            inv_freq = 1.0 / (self.base ** (steps / self.head_dim))
+            freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[key] = (emb.cos().to(dtype), emb.sin().to(dtype))
+        return self._cache[key]
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seq_len = q.shape[-2]
-        t = torch.arange(seq_len, device=q.device, dtype=torch.float32)
-        freqs = torch.outer(t, self.inv_freq.to(q.device))
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(q.dtype), emb.sin().to(q.dtype)
+        cos, sin = self._cos_sin(q.shape[-2], q.device, q.dtype)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
