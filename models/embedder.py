@@ -197,7 +197,7 @@ class Embedder:
         n = len(inputs)
         canonical: list[str | None] = [None] * n
         errors: list[str | None] = [None] * n
-        mols: dict[str, object] = {}
+        mols: dict[str, tuple[object, str]] = {}
         graphs: dict[str, MolGraph] = {}
         parallel = n >= PARALLEL_THRESHOLD and self.featurize_workers != 1 and "graph" in needed
         if parallel:
@@ -210,7 +210,7 @@ class Embedder:
                 parsed = parse_smiles(raw, self.policy)
                 canonical[i], errors[i] = parsed.canonical, parsed.error
                 if parsed.mol is not None:
-                    mols.setdefault(parsed.canonical, parsed.mol)
+                    mols.setdefault(parsed.canonical, (parsed.mol, parsed.input))
         unique = list(dict.fromkeys(c for c in canonical if c is not None))
         per_view = {v: self._vectors(v, unique, mols, graphs) for v in ("smiles", "graph") if v in needed}
         row_of = {c: j for j, c in enumerate(unique)}
@@ -259,12 +259,13 @@ class Embedder:
     def _graph_for(self, canonical: str, mols: dict, graphs: dict[str, MolGraph]) -> MolGraph:
         if canonical in graphs:
             return graphs[canonical]
-        mol = mols.get(canonical)
-        if mol is None:  # embed_canonical path: parse the canonical form itself
-            mol = parse_smiles(
-                canonical, ParsePolicy(max_smiles_length=10**9, max_atoms=10**9, salt_policy="keep")
-            ).mol
-        return mol_to_graph(mol)
+        if canonical in mols:
+            mol, source = mols[canonical]
+        else:  # embed_canonical path: parse the canonical form itself
+            unlimited = ParsePolicy(max_smiles_length=10**9, max_atoms=10**9, salt_policy="keep")
+            mol, source = parse_smiles(canonical, unlimited).mol, canonical
+        # Both texts let the featurizer skip reads they prove constant (same arrays, faster).
+        return mol_to_graph(mol, canonical, source)
 
 
 def _checkpoint(given: str | Path | None, default: Path, what: str) -> Path:

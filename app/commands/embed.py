@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,11 @@ def _schema(dims: dict[str, int], views: list[str]) -> pa.Schema:
     return pa.schema(fields)
 
 
+def _smiles_stream(path: Path, column: str, chunk_size: int) -> Iterator[str]:
+    for chunk in iter_chunks(path, chunk_size, usecols=[column]):
+        yield from chunk[column].tolist()
+
+
 def embed_file(
     input_csv: Path,
     output: Path,
@@ -54,37 +60,49 @@ def embed_file(
     embedder,
     progress: bool = True,
 ) -> dict[str, int]:
+    """Stream ``input_csv`` through the overlapped pipeline (workers parse/featurize/tokenize chunk
+    k+1 while the device encodes chunk k) into ``output``; the file is never loaded whole."""
+    from models.pipeline import EmbeddingPipeline
+
     column = resolve_smiles_column(input_csv, smiles_column)
     schema = _schema(embedder.dims, views)
     counts = {"rows": 0, "ok": 0, "invalid": 0}
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(output.suffix + ".partial")
+    pipeline = EmbeddingPipeline(
+        embedder.smiles,
+        embedder.graph,
+        embedder.device,
+        batch_size=embedder.batch_size,
+        policy=embedder.policy,
+        workers=embedder.featurize_workers,
+        chunk_size=min(chunk_size, 4096),
+    )
     with (
         pq.ParquetWriter(tmp, schema) as writer,
         tqdm(total=count_rows(input_csv), unit="mol", disable=not progress, desc="embedding") as bar,
     ):
-        for chunk in iter_chunks(input_csv, chunk_size, usecols=[column]):
-            smiles = chunk[column].tolist()
-            out = embedder.embed(smiles, views=views)
-            valid = out.valid
+        for part in pipeline.run(_smiles_stream(input_csv, column, chunk_size), views=views):
+            n = len(part.inputs)
+            valid = np.array([e is None for e in part.errors], dtype=bool)
             arrays = [
-                pa.array(np.arange(counts["rows"], counts["rows"] + len(smiles)), pa.int64()),
-                pa.array(out.inputs, pa.string()),
-                pa.array(out.canonical, pa.string()),
+                pa.array(np.arange(part.start, part.start + n), pa.int64()),
+                pa.array(part.inputs, pa.string()),
+                pa.array(part.canonical, pa.string()),
                 pa.array(np.where(valid, "ok", "invalid").tolist(), pa.string()),
-                pa.array(out.errors, pa.string()),
+                pa.array(part.errors, pa.string()),
             ]
             for v in views:
-                mat = out.vectors[v]
-                flat = pa.array(mat.reshape(-1), pa.float32())
+                flat = pa.array(part.vectors[v].reshape(-1), pa.float32())
+                # invalid rows are null vectors
                 arrays.append(
                     pa.FixedSizeListArray.from_arrays(flat, embedder.dims[v], mask=pa.array(~valid))
-                )  # invalid rows: null
+                )
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
-            counts["rows"] += len(smiles)
+            counts["rows"] += n
             counts["ok"] += int(valid.sum())
             counts["invalid"] += int((~valid).sum())
-            bar.update(len(smiles))
+            bar.update(n)
     tmp.replace(output)
     return counts
 
