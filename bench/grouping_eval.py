@@ -57,6 +57,18 @@ def _better(a: float | None, b: float | None, metric: str) -> bool:
     return a > b if metric == "roc_auc" else a < b
 
 
+class _CachedOnly:
+    """Stands in for the embedder when every feature must come from the cache of given encoder versions."""
+
+    device = "cpu (features from cache)"
+
+    def __init__(self, versions: dict[str, str]) -> None:
+        self.versions = versions
+
+    def embed(self, smiles, views=()):
+        raise RuntimeError(f"catalog features for encoders {self.versions} are not in the cache")
+
+
 def _cap(feats, max_rows: int | None):
     """A deterministic uniform subsample (seed 0) of an auxiliary set's rows, at most ``max_rows``."""
     if max_rows is None or len(feats) <= max_rows:
@@ -218,6 +230,11 @@ def main() -> None:
         help="embed catalog sets in reverse order (two runs sharing --cache then split the embedding work)",
     )
     parser.add_argument(
+        "--cached-versions",
+        default=None,
+        help='JSON {"smiles": V, "graph": V}: use catalog features cached for these encoder versions only',
+    )
+    parser.add_argument(
         "--merge",
         default=None,
         help="comma-separated result JSONs of earlier runs: print their joint table",
@@ -237,7 +254,7 @@ def main() -> None:
     catalog_dir = args.catalog or settings.data_dir
     entries = {e.name: e for e in load_catalog()}
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    embedder = build_embedder()
+    embedder = _CachedOnly(json.loads(args.cached_versions)) if args.cached_versions else build_embedder()
     started = time.perf_counter()
     order = list(entries.values())[:: -1 if args.reverse_features else 1]
     feats = load_catalog_features(

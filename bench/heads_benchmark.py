@@ -398,10 +398,18 @@ def write_report(work: Path, report: Path, machine_text: str) -> None:
     reg = [by_name[n] for n in REGRESSION if n in by_name]
     sparse = [by_name[n] for n in SPARSE if n in by_name]
     methods = [m for m in [*METHODS, "chemprop"] if any(m in results.get(n, {}) for n in cls + reg)]
-    versions = next(
-        (r["encoder_versions"] for n in results for r in results[n].values() if r.get("encoder_versions")),
-        None,
+    used = [r for n in results for r in results[n].values() if r.get("encoder_versions")]
+    smiles_versions = sorted(
+        {
+            r["encoder_versions"]["smiles"]
+            for r in used
+            if r["method"].startswith(("fused", "smiles", "sparse"))
+        }
     )
+    graph_versions = sorted(
+        {r["encoder_versions"]["graph"] for r in used if r["method"].startswith(("fused", "graph", "sparse"))}
+    )
+    versions = f"SMILES view {', '.join(smiles_versions)}; graph view {', '.join(graph_versions)}"
     lines = [
         "# Property heads benchmark",
         "",
@@ -489,21 +497,23 @@ def write_report(work: Path, report: Path, machine_text: str) -> None:
             pr = np.mean([s["n_predict"] / s["predict_s"] for s in r["per_seed"]])
             ratio = f"{tr / cp_train:.2f}" if cp_train else "—"
             lines.append(f"| {n} | {m} | {tr:.0f} | {pr:.0f} | {ratio} |")
-    enc = sorted((work / "embeddings").glob("*/meta.json"))
+    enc = sorted((work / "embeddings").glob("*/meta-*.json"))
     if enc:
         lines += [
             "",
-            "Encoding (both default encoders, CPU, from SMILES):",
+            "Encoding from SMILES on CPU (one process, 1 torch thread, parsing and featurisation included):",
             "",
-            "| data set | molecules | mol/s |",
-            "|---|---|---|",
+            "| data set | view(s) embedded | encoder | molecules | mol/s |",
+            "|---|---|---|---|---|",
         ]
         for path in enc:
             meta = json.loads(path.read_text())
-            if meta.get("seconds"):
-                lines.append(
-                    f"| {path.parent.name} | {meta['rows']} | {meta['rows'] / meta['seconds']:.0f} |"
-                )
+            if meta["view"] != meta["views_embedded"][0]:  # one row per embedding run
+                continue
+            lines.append(
+                f"| {path.parent.name} | {'+'.join(meta['views_embedded'])} | {meta['version']} |"
+                f" {meta['rows']} | {meta['rows'] / meta['seconds']:.0f} |"
+            )
     loads = [r["load_average_1m"] for n in results for r in results[n].values() if "load_average_1m" in r]
     if loads:
         lines += [

@@ -3,8 +3,9 @@
 Method. Two servers run as subprocesses under the same uvicorn settings (1 worker, uvloop, httptools,
 no access log): ``molfusion serve`` and a bare FastAPI app whose one endpoint returns a fixed JSON
 body without reading the request (the ceiling of the web stack). A load generator in a *second*
-process (aiohttp, keep-alive) runs a closed loop: ``C`` clients each send a request, wait for the
-whole response and send the next, for ``--duration`` seconds after ``--warmup`` seconds. Per cell it
+process (asyncio streams, one keep-alive connection per client) runs a closed loop: ``C`` clients
+each send a request, wait for the whole response and send the next, for ``--duration`` seconds
+after ``--warmup`` seconds. Per cell it
 reports requests/s, molecules/s, p50/p95/p99 latency and errors (non-200 or transport failures); from
 the server's ``/metrics`` it reads the cell's cache hits/misses and mean micro-batch size.
 
@@ -63,7 +64,7 @@ def bare_app():
 # --- encoders and heads for the served service ---------------------------------------------------
 
 
-def random_encoders(root: Path, size: str) -> dict[str, Path]:
+def random_encoders(root: Path, size: str, data_dir: Path) -> dict[str, Path]:
     """Random-init encoders (``default`` sizes or ``tiny``) saved as checkpoint folders under ``root``."""
     import pandas as pd
     import torch
@@ -73,8 +74,8 @@ def random_encoders(root: Path, size: str) -> dict[str, Path]:
     from models.tokenizer import build_tokenizer
 
     torch.manual_seed(0)
-    corpus = pd.read_csv(DATA / "moleculenet" / "bbbp.csv")["smiles"].tolist()
-    corpus += _read_smiles(DATA / "pretrain" / "moses_test.csv.gz", 20_000)
+    corpus = pd.read_csv(data_dir / "moleculenet" / "bbbp.csv")["smiles"].tolist()
+    corpus += _read_smiles(data_dir / "pretrain" / "moses_test.csv.gz", 20_000)
     tokenizer = build_tokenizer(corpus)
     if size == "tiny":
         smiles_cfg = MolFormerConfig(
@@ -95,7 +96,7 @@ def random_encoders(root: Path, size: str) -> dict[str, Path]:
     return {"smiles": root / "smiles", "graph": root / "graph"}
 
 
-def demo_heads(encoders: dict[str, Path] | None, device: str, root: Path) -> Path:
+def demo_heads(encoders: dict[str, Path] | None, device: str, root: Path, data_dir: Path) -> Path:
     """Train small BBBP (classification) and ESOL (regression) heads with ``train_from_table`` (one
     seed, scaffold split, few epochs) on the served encoders, for a benchmark without packaged heads."""
     from fusion.training import train_from_table
@@ -107,7 +108,7 @@ def demo_heads(encoders: dict[str, Path] | None, device: str, root: Path) -> Pat
         ("esol", "esol_delaney-processed.csv", "measured log solubility in mols per litre", "log10(mol/L)"),
     ):
         train_from_table(
-            DATA / "moleculenet" / file,
+            data_dir / "moleculenet" / file,
             [target],
             root / name,
             embedder,
@@ -187,14 +188,67 @@ class Server:
 # --- the load generator (second process) ---------------------------------------------------------
 
 
+class HttpConnection:
+    """A minimal HTTP/1.1 keep-alive client for POST on asyncio streams: no client library to install
+    on the benchmark host, and little client CPU, so the server is what gets measured. Handles
+    ``Content-Length`` and chunked bodies; reconnects after any failure."""
+
+    def __init__(self, url: str) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def post(self, body: bytes) -> int:
+        """Send one request and read the whole response; returns the status code."""
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        assert self._reader is not None
+        head = (
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self._writer.write(head.encode() + body)
+        lines = (await self._reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length, chunked, close = 0, False, False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value
+            elif name == b"connection":
+                close = value == b"close"
+        if chunked:
+            while True:
+                size = int((await self._reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                await self._reader.readexactly(size + 2)  # chunk + CRLF (the last one: just CRLF)
+                if size == 0:
+                    break
+        else:
+            await self._reader.readexactly(length)
+        if close:
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
 async def _drive(
     url: str, bodies, clients: int, duration_s: float, warmup_s: float, max_s: float = 120.0
 ) -> dict:
-    """Closed loop of ``clients`` workers. Requests *started* after the warm-up are measured, including
-    those that finish after ``duration_s``; when fewer than ``clients`` requests completed by then (slow
-    cells: cache misses on CPU), workers keep going until they have, at most ``max_s`` after the
-    warm-up. Throughput = measured requests / (last measured completion - end of warm-up)."""
-    import aiohttp
+    """Closed loop of ``clients`` workers, one keep-alive connection each. Requests *started* after the
+    warm-up are measured, including those that finish after ``duration_s``; when fewer than ``clients``
+    requests completed by then (slow cells: cache misses on CPU), workers keep going until they have,
+    at most ``max_s`` after the warm-up. Throughput = measured requests / (last measured completion -
+    end of warm-up)."""
     import numpy as np
 
     latencies: list[float] = []
@@ -205,37 +259,40 @@ async def _drive(
     t_measure = t_start + warmup_s
     t_end = t_measure + duration_s
     t_last = t_end
-    headers = {"content-type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def client() -> None:
-            nonlocal molecules, errors, t_last
-            while True:
-                now = time.perf_counter()
-                if now >= t_end and (len(latencies) >= clients or now >= t_measure + max_s):
-                    return
-                payload, n = bodies()
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(url, data=payload, headers=headers) as response:
-                        await response.read()
-                        ok = response.status == 200
-                        kind = str(response.status)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    ok, kind = False, type(exc).__name__
-                t1 = time.perf_counter()
-                if t0 >= t_measure:
-                    latencies.append(t1 - t0)
-                    t_last = max(t_last, t1)
-                    if ok:
-                        molecules += n
-                    else:
-                        errors += 1
-                        error_kinds[kind] = error_kinds.get(kind, 0) + 1
+    async def client() -> None:
+        nonlocal molecules, errors, t_last
+        connection = HttpConnection(url)
+        while True:
+            now = time.perf_counter()
+            if now >= t_end and (len(latencies) >= clients or now >= t_measure + max_s):
+                connection.close()
+                return
+            payload, n = bodies()
+            t0 = time.perf_counter()
+            try:
+                status = await asyncio.wait_for(connection.post(payload), timeout=300)
+                ok, kind = status == 200, str(status)
+            except (
+                OSError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                TimeoutError,
+                ValueError,
+            ) as exc:
+                connection.close()
+                ok, kind = False, type(exc).__name__
+            t1 = time.perf_counter()
+            if t0 >= t_measure:
+                latencies.append(t1 - t0)
+                t_last = max(t_last, t1)
+                if ok:
+                    molecules += n
+                else:
+                    errors += 1
+                    error_kinds[kind] = error_kinds.get(kind, 0) + 1
 
-        await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*(client() for _ in range(clients)))
     lat = np.array(latencies) * 1000.0
     done = len(latencies)
     window = t_last - t_measure
@@ -380,13 +437,14 @@ def main_bench(args: argparse.Namespace) -> dict:
                 sys.exit(f"no packaged encoder at {path}; use --encoders random (or tiny) for a dry run")
     else:
         print(f"building random-init {args.encoders} encoders in {workdir}", file=sys.stderr)
-        encoders = random_encoders(workdir / "encoders", "tiny" if args.encoders == "tiny" else "default")
+        size = "tiny" if args.encoders == "tiny" else "default"
+        encoders = random_encoders(workdir / "encoders", size, args.data_dir)
     heads_dir = Path(args.heads_dir) if args.heads_dir else None
     if heads_dir is None and (args.encoders != "default" or args.train_heads):
         print("training demo heads (bbbp, esol)", file=sys.stderr)
-        heads_dir = demo_heads(encoders, args.device, workdir / "heads")
+        heads_dir = demo_heads(encoders, args.device, workdir / "heads", args.data_dir)
 
-    pool_smiles = _read_smiles(DATA / "pretrain" / "moses_test.csv.gz")
+    pool_smiles = _read_smiles(args.data_dir / "pretrain" / "moses_test.csv.gz")
     pool = workdir / "pool.txt"
     pool.write_text("\n".join(pool_smiles))
 
@@ -396,6 +454,7 @@ def main_bench(args: argparse.Namespace) -> dict:
             "MOLFUSION_DEVICE": args.device,
             "MOLFUSION_LOG_LEVEL": "WARNING",
             "MOLFUSION_CACHE_MAX_ITEMS": str(args.cache_items),
+            "MOLFUSION_MEMO_ITEMS": str(args.memo_items),
         }
     )
     if encoders:
@@ -452,7 +511,11 @@ def main_bench(args: argparse.Namespace) -> dict:
         "/v1/health/ready",
         workdir,
     )
-    results: dict = {"machine": machine(), "args": vars(args), "cells": []}
+    results: dict = {
+        "machine": machine(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "cells": [],
+    }
     clients = [int(c) for c in args.clients.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
     try:
@@ -466,6 +529,8 @@ def main_bench(args: argparse.Namespace) -> dict:
             "properties": info["properties"],
         }
         print(f"service: {results['service']}", file=sys.stderr)
+        if not info["properties"]:
+            raise SystemExit("the service serves no heads (none match these encoders): use --train-heads")
         for c in clients:
             cell = run_client(bare.url + "/bare", "bare", c, 1, args, pool, 0)
             cell.update({"target": "bare", "clients": c, "molecules": 1, "cache": "-"})
@@ -591,6 +656,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="packaged pretrained encoders, or random-init default-size / tiny ones",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (MOLFUSION_DEVICE)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=DATA, help="folder with moleculenet/ and pretrain/moses_test.csv.gz"
+    )
     parser.add_argument("--heads-dir", default=None, help="served heads (default: packaged, or demo heads)")
     parser.add_argument(
         "--train-heads", action="store_true", help="train demo heads even for the packaged encoders"
@@ -602,6 +670,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per cell")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--cache-items", type=int, default=2_000_000, help="in-process LRU capacity")
+    parser.add_argument(
+        "--memo-items", type=int, default=100_000, help="service memos (0 = off: hits go through the cache)"
+    )
     parser.add_argument("--redis-url", default=None, help="use this Redis as the embedding cache")
     parser.add_argument("--out", default=None, help="write all results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, encoders, heads)")

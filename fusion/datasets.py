@@ -144,34 +144,35 @@ def load_dataset(name: str, data_dir: Path, max_rows: int | None = None, seed: i
 
 def cached_views(dataset: Dataset, embedder, cache_dir: Path, progress: bool = True) -> dict[str, np.ndarray]:
     """``{"smiles": [N, d_s], "graph": [N, d_g]}`` for the dataset's molecules, embedded once per encoder
-    version and stored as ``<cache_dir>/<dataset>/<view>-<encoder version>.npy``."""
+    version and stored as ``<cache_dir>/<dataset>/<view>-<encoder version>.npy`` (only missing views are
+    computed; ``meta-<view>-<version>.json`` records the rows and the seconds it took)."""
     from fusion.training import embed_smiles
 
     folder = cache_dir / dataset.name
     paths = {v: folder / f"{v}-{embedder.versions[v]}.npy" for v in ("smiles", "graph")}
-    if all(p.exists() for p in paths.values()):
-        views = {v: np.load(p) for v, p in paths.items()}
-        if all(len(a) == len(dataset.smiles) for a in views.values()):
-            return views
+    views = {v: np.load(p) for v, p in paths.items() if p.exists()}
+    views = {v: a for v, a in views.items() if len(a) == len(dataset.smiles)}
+    missing = tuple(v for v in paths if v not in views)
+    if not missing:
+        return views
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    views, errors = embed_smiles(embedder, dataset.smiles, chunk_size=1000, progress=progress)
+    fresh, errors = embed_smiles(embedder, dataset.smiles, chunk_size=1000, progress=progress, views=missing)
     seconds = time.perf_counter() - started
     bad = [i for i, e in enumerate(errors) if e is not None]
     if bad:
         raise ValueError(
             f"{dataset.name}: {len(bad)} molecules failed to embed (first: {dataset.smiles[bad[0]]!r})"
         )
-    for v, p in paths.items():
-        np.save(p, views[v])
-    (folder / "meta.json").write_text(
-        json.dumps(
-            {
-                "versions": embedder.versions,
-                "rows": len(dataset.smiles),
-                "seconds": seconds,
-                "device": str(embedder.device),
-            }
-        )
-    )
-    return views
+    for v in missing:
+        np.save(paths[v], fresh[v])
+        meta = {
+            "view": v,
+            "version": embedder.versions[v],
+            "rows": len(dataset.smiles),
+            "views_embedded": missing,
+            "seconds": seconds,
+            "device": str(embedder.device),
+        }
+        (folder / f"meta-{v}-{embedder.versions[v]}.json").write_text(json.dumps(meta))
+    return {**views, **fresh}

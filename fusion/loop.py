@@ -105,7 +105,7 @@ def fit_network(
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            if len(idx) < 2 and n >= 2:  # BatchNorm-free nets tolerate it, but a 1-row step is noise
+            if len(idx) < 2 and n >= 2:  # a trailing 1-row batch is a noisy step: skip it
                 continue
             batch = {k: v[idx] for k, v in train.items()}
             out = forward(net, batch)

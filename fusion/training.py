@@ -158,14 +158,18 @@ def read_label_table(
 
 
 def embed_smiles(
-    embedder, smiles: list[str], chunk_size: int = 2000, progress: bool = True
+    embedder,
+    smiles: list[str],
+    chunk_size: int = 2000,
+    progress: bool = True,
+    views: tuple[str, ...] = ("smiles", "graph"),
 ) -> tuple[dict[str, np.ndarray], list[str | None]]:
     """Encoder-view vectors of ``smiles`` (NaN rows for invalid input) and the per-row error reasons."""
-    parts: dict[str, list[np.ndarray]] = {"smiles": [], "graph": []}
+    parts: dict[str, list[np.ndarray]] = {v: [] for v in views}
     errors: list[str | None] = []
     with tqdm(total=len(smiles), unit="mol", desc="embedding", disable=not progress) as bar:
         for start in range(0, len(smiles), chunk_size):
-            out = embedder.embed(smiles[start : start + chunk_size], views=("smiles", "graph"))
+            out = embedder.embed(smiles[start : start + chunk_size], views=views)
             for v in parts:
                 parts[v].append(out.vectors[v])
             errors += out.errors

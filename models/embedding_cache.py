@@ -90,8 +90,14 @@ class LRUVectorCache:
         return len(self._data)
 
     def state(self) -> dict:
-        return {"backend": self.name, "healthy": True, "items": len(self._data), "max_items": self.max_items,
-                "hits": self.hits, "misses": self.misses}
+        return {
+            "backend": self.name,
+            "healthy": True,
+            "items": len(self._data),
+            "max_items": self.max_items,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
 
 
 class RedisVectorCache:
@@ -129,8 +135,11 @@ class RedisVectorCache:
         self.namespace = namespace
         # No client-side retries: on failure we fall back to computing, which is the retry that matters.
         self._client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
         )
         self._lock = threading.Lock()
         self._down_until = 0.0  # monotonic time before which Redis is not contacted
@@ -158,8 +167,11 @@ class RedisVectorCache:
             if first:
                 self._down_since = time.time()
         level = logging.WARNING if first else logging.DEBUG
-        log.log(level, "redis cache unavailable; computing instead", extra={
-            "op": op, "error": self.last_error, "retry_s": self.retry_s, "redis": self._safe_url()})
+        log.log(
+            level,
+            "redis cache unavailable; computing instead",
+            extra={"op": op, "error": self.last_error, "retry_s": self.retry_s, "redis": self._safe_url()},
+        )
 
     def _succeeded(self) -> None:
         if self._down_since is None:
@@ -238,8 +250,9 @@ class RedisVectorCache:
                 "url": self._safe_url(),
                 "dtype": self.dtype,
                 "ttl_s": self.ttl_s,
-                "down_since": (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._down_since))
-                               if down else None),
+                "down_since": (
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._down_since)) if down else None
+                ),
                 "last_error": self.last_error,
                 "hits": self.hits,
                 "misses": self.misses,

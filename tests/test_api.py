@@ -311,3 +311,10 @@ def test_not_ready_is_503_and_failed_load_is_reported(tiny_checkpoints, tmp_path
         r = c.post("/v1/predict", json={"smiles": ["CCO"]})
         assert r.status_code == 503 and "not ready" in r.json()["detail"]
         assert c.get("/v1/health/live").status_code == 200
+
+
+def test_several_workers_load_models_before_accepting_requests(tiny_checkpoints, api_heads_dir):
+    settings = make_settings(tiny_checkpoints, api_heads_dir, workers=2)
+    with TestClient(create_app(settings)) as c:
+        assert c.app.state.service.ready  # loaded during start-up, before the first request
+        assert c.post("/v1/predict", json={"smiles": ["CCO"]}).status_code == 200

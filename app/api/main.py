@@ -1,8 +1,10 @@
 """The FastAPI application, assembled in one place: routers, middleware, error mapping, lifespan.
 
 ``uvicorn app.api.main:create_app --factory`` (what ``molfusion serve`` runs) builds one app per
-worker process; each worker loads its own models in the background at startup and reports ready on
-``/v1/health/ready`` once they are loaded.
+worker process, and each worker loads its own models. With one worker they load in the background:
+``/v1/health/live`` answers at once and ``/v1/health/ready`` turns 200 when they are loaded. With
+several workers (``MOLFUSION_WORKERS``) each worker loads before it accepts connections, so no
+request reaches a worker that is still loading.
 """
 
 from __future__ import annotations
@@ -68,10 +70,12 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
-        tasks = [
-            asyncio.create_task(_load(service), name="load-models"),
-            asyncio.create_task(service.watch_cache(), name="watch-cache"),
-        ]
+        loading = asyncio.create_task(_load(service), name="load-models")
+        if settings.workers > 1:
+            # Several workers share one socket: a worker must not accept connections before its models
+            # are loaded, or it would answer 503 while its siblings are ready.
+            await asyncio.shield(loading)
+        tasks = [loading, asyncio.create_task(service.watch_cache(), name="watch-cache")]
         try:
             async with _optional_lifespan(recommendations.lifespan, app, "recommendation jobs"):
                 yield

@@ -1,10 +1,13 @@
 """The model side of the service: embedder + embedding cache + property heads behind one micro-batcher.
 
 A request reads as a straight line: the route hands its molecules to :meth:`ModelService.embed` or
-:meth:`ModelService.predict`; the micro-batcher (``app.batcher``) coalesces concurrent requests; in
-the worker thread :meth:`ModelService._run` parses and canonicalises every SMILES, looks vectors up in
-the cache and encodes only the missing ones (``models.embedder.Embedder``), then applies each head
-once to all rows of the batch that asked for it (``fusion.registry``); results go back per request.
+:meth:`ModelService.predict`. A predict request whose inputs and predictions are all remembered by
+the in-process memos (``app.api.memo``) is answered at once on the event loop; everything else goes
+to the micro-batcher (``app.batcher``), which coalesces concurrent requests and runs
+:meth:`ModelService._run` in its worker thread: validate and canonicalise every SMILES (``models``),
+look vectors up in the cache and encode only the missing ones (``models.embedder.Embedder``), apply
+each head once to the molecules of the batch that asked for it (``fusion.registry``), and hand the
+rows back per request.
 """
 
 from __future__ import annotations
@@ -146,6 +149,8 @@ class ModelService:
             build_cache(settings) if embedder is None or embedder.cache is None else embedder.cache
         )
         self.embedder = embedder
+        if embedder is not None:
+            embedder.cache = self.cache  # an injected embedder without a cache uses the configured one
         self.heads: dict[str, Any] = {}
         self.skipped_heads: dict[str, str] = {}
         self.cards: dict[str, dict] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from app.settings import get_settings
@@ -17,17 +19,20 @@ def register(cli: typer.Typer) -> None:
     ) -> None:
         """Serve /v1/embed, /v1/predict, /v1/properties, /v1/info, health probes and /metrics.
 
-        Each worker process loads the encoders and heads itself; /v1/health/ready turns 200 when done.
+        Each worker process loads the encoders and heads itself: with one worker in the background
+        (/v1/health/ready turns 200 when done), with several before it accepts connections.
         """
         import uvicorn
 
         s = get_settings()
+        n_workers = workers or s.workers
+        os.environ["MOLFUSION_WORKERS"] = str(n_workers)  # the worker processes read it (app start-up)
         uvicorn.run(
             "app.api.main:create_app",
             factory=True,
             host=host or s.host,
             port=port or s.port,
-            workers=workers or s.workers,
+            workers=n_workers,
             log_config=None,  # keep the JSON logging configured by the CLI
             access_log=access_log,
             loop="auto",
