@@ -24,6 +24,7 @@ import numpy as np
 
 from app.api.memo import CanonicalMemo, PredictionMemo
 from app.batcher import MicroBatcher
+from app.factory import build_embedder
 from app.metrics import ServiceMetrics
 from app.settings import Settings
 from models.embedding_cache import LRUVectorCache, RedisVectorCache, VectorCache
@@ -78,27 +79,6 @@ def build_cache(settings: Settings) -> VectorCache:
             namespace=settings.cache_namespace,
         )
     return LRUVectorCache(max_items=settings.cache_max_items, dtype=settings.cache_dtype)
-
-
-def build_embedder(settings: Settings, cache: VectorCache):
-    """The embedder configured from this app's ``settings`` (not the process-global ones), with ``cache``."""
-    from models.chemistry import ParsePolicy
-    from models.embedder import Embedder
-
-    policy = ParsePolicy(
-        max_smiles_length=settings.max_smiles_length,
-        max_atoms=settings.max_atoms,
-        salt_policy=settings.salt_policy,
-    )
-    return Embedder(
-        settings.smiles_encoder_dir,
-        settings.graph_encoder_dir,
-        device=settings.device,
-        batch_size=settings.batch_size,
-        policy=policy,
-        cache=cache,
-        featurize_workers=settings.featurize_workers,
-    )
 
 
 def _head_views(head: Any) -> tuple[str, ...]:

@@ -11,27 +11,8 @@ import pyarrow.parquet as pq
 import typer
 from tqdm import tqdm
 
-from app.settings import get_settings
+from app.factory import build_embedder
 from app.tabular import TableError, count_rows, iter_chunks, resolve_smiles_column
-
-
-def build_embedder():
-    """The embedder configured from settings (shared by every command that embeds)."""
-    from models.chemistry import ParsePolicy
-    from models.embedder import Embedder
-
-    s = get_settings()
-    policy = ParsePolicy(
-        max_smiles_length=s.max_smiles_length, max_atoms=s.max_atoms, salt_policy=s.salt_policy
-    )
-    return Embedder(
-        s.smiles_encoder_dir,
-        s.graph_encoder_dir,
-        device=s.device,
-        batch_size=s.batch_size,
-        policy=policy,
-        featurize_workers=s.featurize_workers,
-    )
 
 
 def _schema(dims: dict[str, int], views: list[str]) -> pa.Schema:
