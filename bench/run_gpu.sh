@@ -19,11 +19,12 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, keep going on failu
   timeout "$limit" "$@" > "$RESULT/$name.log" 2>&1; local rc=$?
   echo "=== $name rc=$rc in $((SECONDS - t0))s"; tail -n 40 "$RESULT/$name.log"
 }
-step probe "${PROBE_S:-260}" python3 bench/probe_quality.py --data-dir "$DATA" --out-dir /tmp/probe --seeds 3
+step probe "${PROBE_S:-240}" python3 bench/probe_quality.py --data-dir "$DATA" --out-dir /tmp/probe --seeds 3
 cp /tmp/probe/*.json "$RESULT/" 2>/dev/null
-step heads "${HEADS_S:-120}" python3 -m fusion.train_defaults --data-dir "$DATA" --cache /tmp/head-cache
+step heads "${HEADS_S:-90}" python3 -m fusion.train_defaults --data-dir "$DATA" --cache /tmp/head-cache
 tar czf "$RESULT/default_heads.tgz" fusion/default_heads
-step embed "${EMBED_S:-150}" python3 bench/embed_throughput.py --data-dir "$DATA" --sizes default,xl \
+step embed "${EMBED_S:-110}" python3 bench/embed_throughput.py --data-dir "$DATA" --sizes default,xl --limit 50000 --one-core 3000 --repeats 1 \
   --json "$RESULT/embed.json"
-step serve "${SERVE_S:-150}" python3 bench/serve_load.py --device cuda --out "$RESULT/serve.json"
+step serve "${SERVE_S:-130}" python3 bench/serve_load.py --device cuda --data-dir "$DATA" --duration 3 --warmup 0.5 \
+  --out "$RESULT/serve.json"
 exit 0
