@@ -443,6 +443,8 @@ def main_bench(args: argparse.Namespace) -> dict:
     if heads_dir is None and (args.encoders != "default" or args.train_heads):
         print("training demo heads (bbbp, esol)", file=sys.stderr)
         heads_dir = demo_heads(encoders, args.device, workdir / "heads", args.data_dir)
+        if args.keep:
+            print(f"demo heads kept in {heads_dir} (reuse with --heads-dir)", file=sys.stderr)
 
     pool_smiles = _read_smiles(args.data_dir / "pretrain" / "moses_test.csv.gz")
     pool = workdir / "pool.txt"
