@@ -1,0 +1,32 @@
+"""Settings: every field documented in docs/configuration.md, env vars read with the MOLFUSION_ prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings, settings_markdown
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_configuration_doc_is_generated_from_settings() -> None:
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    assert doc == settings_markdown(), "regenerate with: python -m app.settings > docs/configuration.md"
+    for name, field in Settings.model_fields.items():
+        assert f"`MOLFUSION_{name.upper()}`" in doc
+        assert field.description, f"setting {name} has no description"
+
+
+def test_env_vars_override_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOLFUSION_MAX_ATOMS", "77")
+    monkeypatch.setenv("MOLFUSION_REDIS_URL", "redis://127.0.0.1:6379/5")
+    s = Settings()
+    assert s.max_atoms == 77 and s.redis_url == "redis://127.0.0.1:6379/5"
+
+
+def test_invalid_setting_is_rejected_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOLFUSION_PORT", "not-a-port")
+    with pytest.raises(ValueError, match="port"):
+        Settings()
