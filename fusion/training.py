@@ -131,7 +131,7 @@ def read_label_table(
     path: Path, targets: list[str], smiles_column: str | None
 ) -> tuple[list[str], np.ndarray, str]:
     """SMILES and the float label matrix (NaN = empty cell) of ``targets``; errors name column and row."""
-    from app.tabular import TableError, resolve_smiles_column
+    from models.tabular import TableError, resolve_smiles_column
 
     try:
         column = resolve_smiles_column(path, smiles_column)

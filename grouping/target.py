@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from app.tabular import TableError, detect_smiles_column
 from models.chemistry import ParsePolicy, parse_smiles
+from models.tabular import TableError, detect_smiles_column
 
 TASK_TYPE_CHOICES = ("auto", "classification", "regression")
 

@@ -318,3 +318,19 @@ def test_several_workers_load_models_before_accepting_requests(tiny_checkpoints,
     with TestClient(create_app(settings)) as c:
         assert c.app.state.service.ready  # loaded during start-up, before the first request
         assert c.post("/v1/predict", json={"smiles": ["CCO"]}).status_code == 200
+
+
+def test_uploads_get_the_upload_limit_not_the_json_body_limit(client):
+    """A CSV upload above the JSON body limit but within MOLFUSION_UPLOAD_MAX_BYTES reaches the upload
+    route (which validates it), instead of being cut off by the generic body-size 413."""
+    rows = "smiles,y\n" + "".join(f"{'C' * 30},{i % 2}\n" for i in range(3000))  # ~100 kB > MAX_BYTES
+    assert len(rows) > MAX_BYTES
+    r = client.post(
+        "/v1/recommendations",
+        files={"file": ("t.csv", rows.encode(), "text/csv")},
+        data={"smiles_column": "smiles", "targets": "y"},
+    )
+    assert r.status_code != 413 or "MOLFUSION_MAX_REQUEST_BYTES" not in r.text
+    assert r.status_code < 500
+    r = client.post("/v1/embed", content=b"x" * (MAX_BYTES + 1), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "MOLFUSION_MAX_REQUEST_BYTES" in r.json()["detail"]

@@ -10,28 +10,49 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 class BodySizeLimit:
     """Reject bodies larger than ``max_bytes``: at once from ``Content-Length``, or while streaming a
-    chunked body (the read raises an HTTP 413 that the app's exception handling turns into a response)."""
+    chunked body (the read raises an HTTP 413 that the app's exception handling turns into a response).
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    File uploads (``upload_prefixes``) get ``upload_max_bytes`` plus room for the multipart framing, so
+    the upload route itself can answer with its own, more precise 413 on the file.
+    """
+
+    MULTIPART_SLACK = 64 * 1024
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        upload_max_bytes: int | None = None,
+        upload_prefixes: tuple[str, ...] = ("/v1/recommendations", "/v1/datasets"),
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max = max_bytes
+        self.upload_max = (upload_max_bytes + self.MULTIPART_SLACK) if upload_max_bytes else max_bytes
+        self.upload_prefixes = upload_prefixes
 
-    def _message(self, size: int | None) -> str:
+    def _limit(self, scope: Scope) -> tuple[int, str]:
+        if scope.get("method") == "POST" and scope.get("path", "").startswith(self.upload_prefixes):
+            return self.upload_max, "MOLFUSION_UPLOAD_MAX_BYTES"
+        return self.default_max, "MOLFUSION_MAX_REQUEST_BYTES"
+
+    @staticmethod
+    def _message(size: int | None, limit: int, setting: str) -> str:
         got = f"{size} bytes" if size is not None else "more"
-        return f"request body too large: {got} > {self.max_bytes} bytes (MOLFUSION_MAX_REQUEST_BYTES)"
+        return f"request body too large: {got} > {limit} bytes ({setting})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, setting = self._limit(scope)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = None
-                if declared is not None and declared > self.max_bytes:
-                    await _send_json(send, 413, {"detail": self._message(declared)})
+                if declared is not None and declared > limit:
+                    await _send_json(send, 413, {"detail": self._message(declared, limit, setting)})
                     return
                 break
         received = 0
@@ -41,8 +62,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, detail=self._message(None))
+                if received > limit:
+                    raise HTTPException(413, detail=self._message(None, limit, setting))
             return message
 
         await self.app(scope, limited_receive, send)

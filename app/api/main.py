@@ -131,7 +131,9 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
         ]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_request_bytes, upload_max_bytes=settings.upload_max_bytes
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

@@ -12,7 +12,7 @@ import typer
 from tqdm import tqdm
 
 from app.factory import build_embedder
-from app.tabular import TableError, count_rows, iter_chunks, resolve_smiles_column
+from models.tabular import TableError, count_rows, iter_chunks, resolve_smiles_column
 
 
 def _schema(dims: dict[str, int], views: list[str]) -> pa.Schema:

@@ -11,7 +11,7 @@ import typer
 from tqdm import tqdm
 
 from app.settings import get_settings
-from app.tabular import TableError, count_rows, iter_chunks, resolve_smiles_column
+from models.tabular import TableError, count_rows, iter_chunks, resolve_smiles_column
 
 
 def _fail(message: str) -> typer.Exit:

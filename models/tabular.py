@@ -1,4 +1,4 @@
-"""Reading molecule tables: SMILES-column detection and chunked CSV streaming shared by the CLI commands."""
+"""Reading molecule tables: SMILES-column detection and chunked CSV streaming (CLI, training, grouping)."""
 
 from __future__ import annotations
 
