@@ -18,9 +18,11 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from fusion.card import file_sha256
 from fusion.datasets import cached_views, load_dataset
+from fusion.predictors.base import WEIGHTS_FILE
 from fusion.registry import DEFAULT_HEADS_DIR
 from fusion.training import seed_runs_card, train_seeds
 
@@ -32,6 +34,15 @@ HEAD, FUSION = "mlp", "concat"
 HPARAMS = {"hidden": 64, "layers": 1, "dropout": 0.2}
 MAX_ROWS = {"hiv": 5000}
 SEEDS = 3
+
+
+def to_fp16(weights: Path) -> None:
+    """Store a shipped head's network weights in float16 (the repo's weight budget); loading casts back
+    to float32 (``load_state_dict`` copies into the float32 parameters)."""
+    state = load_file(str(weights))
+    save_file(
+        {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(weights)
+    )
 
 
 def train_default(name: str, data_dir: Path, cache: Path, out_root: Path, embedder) -> dict:
@@ -63,6 +74,7 @@ def train_default(name: str, data_dir: Path, cache: Path, out_root: Path, embedd
     )
     card["reproduce"] = f"python -m fusion.train_defaults --datasets {name}"
     runs.models[runs.selected_seed].save(out_root / name, card)
+    to_fp16(out_root / name / WEIGHTS_FILE)
     return card
 
 
