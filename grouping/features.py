@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +160,7 @@ def catalog_features(
     )
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(file.name + ".tmp.npz")
+        tmp = file.with_name(f"{file.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")  # per writer
         meta = json.dumps(
             {
                 "task_types": feats.task_types,
