@@ -65,7 +65,8 @@ def labels_to_tensors(y: np.ndarray) -> Batch:
 def predict_batched(
     net: nn.Module, data: Batch, forward: Callable[[nn.Module, Batch], torch.Tensor], batch_size: int = 4096
 ) -> torch.Tensor:
-    net.eval()
+    if net.training:  # eval() walks every submodule: skip it on the serving hot path
+        net.eval()
     n = len(next(iter(data.values())))
     outs = [
         forward(net, {k: v[s : s + batch_size] for k, v in data.items()}) for s in range(0, n, batch_size)
