@@ -406,3 +406,24 @@ def test_recommend_cli_writes_json_and_chart(
         cli, ["recommend", str(target), "-o", str(tmp_path / "x.json"), "--targets", "nope"]
     )
     assert bad.exit_code == 2 and "nope" in bad.output
+
+
+def test_validation_check_withholds_a_group_that_does_not_help() -> None:
+    from grouping.recommend import apply_validation_check
+
+    def rows() -> list[dict]:
+        return [{"dataset": "a", "selected": True}, {"dataset": "b", "selected": False}]
+
+    kept_rows = rows()
+    group, withheld = apply_validation_check(kept_rows, ["a"], {"relative_improvement": 0.031})
+    assert group == ["a"] and withheld is None
+    assert [r["selected"] for r in kept_rows] == [True, False] and kept_rows[0]["routed"]
+
+    cut_rows = rows()
+    group, withheld = apply_validation_check(cut_rows, ["a"], {"relative_improvement": -0.02})
+    assert group == [] and withheld["group"] == ["a"] and "-2.00%" in withheld["reason"]
+    assert not any(r["selected"] for r in cut_rows) and cut_rows[0]["routed"]
+
+    # without evidence (evidence_seeds=0) the routed group stands
+    group, withheld = apply_validation_check(rows(), ["a"], None)
+    assert group == ["a"] and withheld is None
