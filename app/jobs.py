@@ -78,7 +78,7 @@ def shared_embedder() -> Any:
     global _embedder
     with _embedder_lock:
         if _embedder is None:
-            from app.commands.embed import build_embedder
+            from app.factory import build_embedder
 
             _embedder = build_embedder()
         return _embedder

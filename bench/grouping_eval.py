@@ -31,21 +31,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from app.commands.embed import build_embedder
-from app.settings import get_settings
-from fusion.training import scaffold_split
-from grouping.catalog import load_catalog
-from grouping.evidence import fit_and_score, primary, relative_improvement
-from grouping.features import load_catalog_features
-from grouping.methods import nearest_neighbour_tanimoto
-from grouping.routing import MolGroupConfig, route
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: make `bench` importable
+    sys.path.insert(0, str(REPO))
+
+from app.factory import build_embedder  # noqa: E402
+from app.settings import get_settings  # noqa: E402
+from bench.machine_info import machine_info  # noqa: E402
+from fusion.training import scaffold_split  # noqa: E402
+from grouping.catalog import load_catalog  # noqa: E402
+from grouping.evidence import fit_and_score, primary, relative_improvement  # noqa: E402
+from grouping.features import load_catalog_features  # noqa: E402
+from grouping.methods import nearest_neighbour_tanimoto  # noqa: E402
+from grouping.routing import MolGroupConfig, route  # noqa: E402
 
 CONFIGS = ("none", "all", "structure", "molgroup", "molgroup_checked")
 DEFAULT_TARGETS = "bbbp,bace,clintox,esol,freesolv,lipophilicity,pampa,ppbr"
@@ -278,9 +283,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"results": results}, indent=2))
     machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
+        **machine_info(),
         "device": str(embedder.device),
         "encoders": embedder.versions,
     }

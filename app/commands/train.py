@@ -142,7 +142,7 @@ def register(cli: typer.Typer) -> None:
         hparams = parse_params(param)
         target_list = _split_list(targets)
         unit_list = _split_list(units) if units else None
-        from app.commands.embed import build_embedder
+        from app.factory import build_embedder
 
         try:
             embedder = build_embedder()
@@ -187,7 +187,7 @@ def register(cli: typer.Typer) -> None:
         chunk_size: int = typer.Option(5000, min=1, help="Rows read, embedded and predicted per chunk."),
     ) -> None:
         """Predict every row of INPUT_CSV with a head; invalid SMILES get an empty prediction and a reason."""
-        from app.commands.embed import build_embedder
+        from app.factory import build_embedder
         from fusion.registry import UnknownHeadError
 
         try:
