@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine_info import machine_info  # noqa: E402
 from models.chemistry import ParsePolicy  # noqa: E402
 from models.embedder import Embedder, GraphView, SmilesView  # noqa: E402
 from models.featurizer import collate_graphs, featurize_chunk, featurize_smiles  # noqa: E402
@@ -45,28 +45,6 @@ from models.smiles_encoder import MolFormerConfig, MolFormerModel, count_paramet
 from models.tokenizer import build_tokenizer  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
-
-
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    from rdkit import rdBase
-
-    info["rdkit"] = rdBase.rdkitVersion
-    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return info
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
@@ -282,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     batch_size = args.batch_size or (1024 if device.type == "cuda" else 256)
     workers = args.workers or (os.cpu_count() or 1)
-    info = machine()
+    info = machine_info()
     print("machine:", json.dumps(info))
     print(
         f"device={device} batch_size={batch_size} workers={workers} torch_threads={torch.get_num_threads()}"

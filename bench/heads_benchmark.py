@@ -26,7 +26,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine_info import machine_info  # noqa: E402
 from fusion.datasets import SPECS, Dataset, cached_views, load_dataset  # noqa: E402
 from fusion.metrics import evaluate  # noqa: E402
 from fusion.splits import scaffold_split  # noqa: E402
@@ -105,19 +105,14 @@ def ecfp4(smiles: list[str], n_bits: int = 2048) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def build_embedder():
-    """The default encoders (or ``MOLFUSION_*_ENCODER_DIR``) on CPU, with an in-process float32 cache so
+    """The configured encoders (``MOLFUSION_*`` settings) on CPU, with an in-process float32 cache so
     molecules shared between data sets (Tox21 / ToxCast) are encoded once per process."""
-    from models.embedder import Embedder
+    from app.factory import build_embedder as embedder_from_settings
+    from app.settings import Settings
     from models.embedding_cache import LRUVectorCache
 
-    return Embedder(
-        os.environ.get("MOLFUSION_SMILES_ENCODER_DIR"),
-        os.environ.get("MOLFUSION_GRAPH_ENCODER_DIR"),
-        device="cpu",
-        batch_size=128,
-        featurize_workers=1,
-        cache=LRUVectorCache(max_items=400_000, dtype="float32"),
-    )
+    settings = Settings(device="cpu", batch_size=128, featurize_workers=1)
+    return embedder_from_settings(settings, cache=LRUVectorCache(max_items=400_000, dtype="float32"))
 
 
 def result_path(work: Path, ds: Dataset, method: str) -> Path:
@@ -600,21 +595,10 @@ def write_report(work: Path, report: Path, machine_text: str) -> None:
 
 
 def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-        cpu = model
-    except (StopIteration, OSError):
-        pass
+    m = machine_info()
     return (
-        f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
-        f"torch {torch.__version__} (threads {torch.get_num_threads()}), Linux {platform.release()}"
+        f"{m['cpu']}, {m['cores']} logical CPUs, Python {m['python']}, "
+        f"torch {m['torch']} (threads {m['torch_threads']}), {m['platform']}"
     )
 
 

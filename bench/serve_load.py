@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -40,6 +39,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: make `bench` importable
+    sys.path.insert(0, str(REPO))
+
+from bench.machine_info import machine_info  # noqa: E402
+
 DATA = Path(os.environ.get("MOLFUSION_DATA_DIR", REPO.parent / "shared" / "datasets"))
 HIT_POOL = 256
 
@@ -400,32 +404,6 @@ def _server_counters(server: Server) -> dict[str, float]:
     }
 
 
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
-
-
 def main_bench(args: argparse.Namespace) -> dict:
     from models.embedder import DEFAULT_GRAPH_ENCODER, DEFAULT_SMILES_ENCODER
 
@@ -514,7 +492,7 @@ def main_bench(args: argparse.Namespace) -> dict:
         workdir,
     )
     results: dict = {
-        "machine": machine(),
+        "machine": machine_info(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "cells": [],
     }
