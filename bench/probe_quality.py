@@ -33,7 +33,6 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from fusion.datasets import SPECS, DatasetSpec  # noqa: E402
 from fusion.splits import scaffold_split  # noqa: E402
 from models.chemistry import parse_smiles  # noqa: E402
 from models.embedder import (  # noqa: E402
@@ -63,41 +63,23 @@ ECFP_BITS = 2048
 REPRESENTATIONS = ("smiles", "graph", "fused", "smiles_random", "graph_random", "fused_random", "ecfp4")
 
 
-@dataclass(frozen=True)
-class ProbeSet:
-    name: str
-    file: str
-    smiles_column: str
-    targets: tuple[str, ...] | None  # None: every column but the SMILES column
-    task_type: str
-
-
-PROBE_SETS = (
-    ProbeSet("bbbp", "moleculenet/bbbp.csv", "smiles", ("p_np",), "classification"),
-    ProbeSet("bace", "moleculenet/bace.csv", "mol", ("Class",), "classification"),
-    ProbeSet("clintox", "moleculenet/clintox.csv", "smiles", ("FDA_APPROVED", "CT_TOX"), "classification"),
-    ProbeSet("sider", "moleculenet/sider.csv", "smiles", None, "classification"),
-    ProbeSet("tox21", "moleculenet/tox21.csv", "smiles", None, "classification"),
-    ProbeSet("hiv", "moleculenet/hiv.csv", "smiles", ("HIV_active",), "classification"),
-    ProbeSet(
-        "esol",
-        "moleculenet/esol_delaney-processed.csv",
-        "smiles",
-        ("measured log solubility in mols per litre",),
-        "regression",
-    ),
-    ProbeSet("freesolv", "moleculenet/freesolv_SAMPL.csv", "smiles", ("expt",), "regression"),
-    ProbeSet("lipophilicity", "moleculenet/lipophilicity.csv", "smiles", ("exp",), "regression"),
+# The nine MoleculeNet sets, described once in fusion.datasets (file, SMILES column, targets, task type).
+PROBE_SETS = tuple(
+    SPECS[name]
+    for name in ("bbbp", "bace", "clintox", "sider", "tox21", "hiv", "esol", "freesolv", "lipophilicity")
 )
 
 
 def load_probe_set(
-    data_dir: Path, spec: ProbeSet, limit: int | None, seed: int = 0
+    data_dir: Path, spec: DatasetSpec, limit: int | None, seed: int = 0
 ) -> tuple[list[str], np.ndarray]:
     """Canonical SMILES and labels ``[N, T]`` (NaN = missing) of the rows that parse and carry a label."""
     with open(data_dir / spec.file, newline="") as handle:
         reader = csv.DictReader(handle)
-        targets = list(spec.targets or [c for c in reader.fieldnames or [] if c != spec.smiles_column])
+        columns = reader.fieldnames or []
+        targets = list(
+            spec.targets or [c for c in columns if c != spec.smiles_column and c not in spec.exclude]
+        )
         smiles, labels = [], []
         for row in reader:
             parsed = parse_smiles(row[spec.smiles_column])
