@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from models.embedder import device_description, resolve_device
 from models.pretrain.corpus import read_corpus
 from models.pretrain.trainer import Position, TrainConfig, train
 
@@ -28,12 +29,6 @@ log = logging.getLogger(__name__)
 ENCODER_DIR = "encoder"
 TOKENIZER_DIR = "tokenizer"
 DATA_FILE = "data.json"
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _write_data_info(out: Path, info: dict) -> None:
@@ -57,7 +52,7 @@ def pretrain_smiles(
     from models.smiles_encoder import MolFormerConfig, count_parameters
     from models.tokenizer import build_tokenizer, load_tokenizer
 
-    dev = _device(device)
+    dev = resolve_device(device)
     t0 = time.monotonic()
     smiles = read_corpus(corpus, limit=limit)
     tok_dir = out / TOKENIZER_DIR
@@ -76,7 +71,7 @@ def pretrain_smiles(
                            "max_tokens": int(tokens.lengths.max()),
                            "mean_tokens": float(tokens.lengths.float().mean()),
                            "prepare_s": round(prep_s, 1), "encoder_parameters": n_params,
-                           "device": _device_name(dev)})
+                           "device": device_description(dev)["name"]})
     log.info("smiles corpus ready", extra={"molecules": len(tokens), "seconds": round(prep_s, 1),
                                            "parameters": n_params})
     meta = {"objective": "masked language modelling 15% (80/10/10)", "corpus": corpus.name,
@@ -105,7 +100,7 @@ def pretrain_graph(
     from models.pretrain.graph_ssl import GraphCorpus, GraphMaskingTask
     from models.smiles_encoder import count_parameters
 
-    dev = _device(device)
+    dev = resolve_device(device)
     t0 = time.monotonic()
     smiles = read_corpus(corpus, limit=limit)
     featurized = featurize_smiles(smiles, workers=workers)
@@ -120,7 +115,7 @@ def pretrain_graph(
     _write_data_info(out, {"corpus": str(corpus), "molecules": len(data), "invalid": len(smiles) - len(data),
                            "atoms": int(data.x.shape[0]), "directed_bonds": int(data.edge_attr.shape[0]),
                            "prepare_s": round(prep_s, 1), "encoder_parameters": n_params,
-                           "device": _device_name(dev)})
+                           "device": device_description(dev)["name"]})
     log.info("graph corpus ready", extra={"molecules": len(data), "seconds": round(prep_s, 1),
                                           "parameters": n_params})
     meta = {"objective": "masked atom and bond attributes 15%", "corpus": corpus.name,
@@ -130,6 +125,3 @@ def pretrain_graph(
     return train(task, cfg, out, max_seconds=max_seconds, stop_after=stop_after,
                  export_dir=out / ENCODER_DIR, meta=meta)
 
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
