@@ -95,6 +95,9 @@ class ServiceMetrics:
             "Predict requests answered from the in-process memos on the event loop.",
             registry=self.registry,
         )
+        self._molecule_counters: dict[tuple[str, str], Counter] = {}
+        self._request_counters: dict[tuple[str, str, int], Counter] = {}
+        self._latency_children: dict[tuple[str, str], Histogram] = {}
         self.model_time = Histogram(
             "molfusion_model_seconds",
             "Time in model work per micro-batch, by stage (embed, heads, total).",
@@ -107,6 +110,29 @@ class ServiceMetrics:
         """Report the cache's hit/miss/error counters and health, read from ``state()`` at scrape time."""
         self.registry.register(_CacheCollector(state))
 
+    def count_molecules(self, endpoint: str, ok: int, invalid: int) -> None:
+        """Add answered molecules of ``endpoint`` by status (labelled children are looked up once)."""
+        for status, n in (("ok", ok), ("invalid", invalid)):
+            child = self._molecule_counters.get((endpoint, status))
+            if child is None:
+                child = self._molecule_counters[(endpoint, status)] = self.molecules.labels(endpoint, status)
+            child.inc(n)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and record its latency (labelled children are looked up once)."""
+        count = self._request_counters.get((method, route, status))
+        if count is None:
+            count = self.requests.labels(method, route, str(status))
+            if len(self._request_counters) < 10_000:  # label sets are bounded anyway (routes x statuses)
+                self._request_counters[(method, route, status)] = count
+        count.inc()
+        timer = self._latency_children.get((method, route))
+        if timer is None:
+            timer = self.latency.labels(method, route)
+            if len(self._latency_children) < 10_000:
+                self._latency_children[(method, route)] = timer
+        timer.observe(seconds)
+
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_molecules.observe(stats.items)
         self.batch_requests.observe(stats.requests)
@@ -117,9 +143,13 @@ class ServiceMetrics:
         return generate_latest(self.registry)
 
 
+ROUTE_SCOPE_KEY = "molfusion.route"
+
+
 class MetricsMiddleware:
     """Pure ASGI middleware counting requests and timing them, labelled by the matched route template
-    (``/v1/predict``, never the raw path, so label cardinality stays bounded)."""
+    (``/v1/predict``, never the raw path, so label cardinality stays bounded). A request answered
+    before routing (``app.api.fastpath``) names its template in ``scope[ROUTE_SCOPE_KEY]``."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
@@ -141,8 +171,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
+            template = scope.get(ROUTE_SCOPE_KEY) or getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.observe_request(
+                scope.get("method", ""), template, status, time.perf_counter() - started
+            )

@@ -1,8 +1,10 @@
 """Load benchmark of the REST service against the bare web stack, on loopback.
 
-Method. Two servers run as subprocesses under the same uvicorn settings (1 worker, uvloop, httptools,
-no access log): ``molfusion serve`` and a bare FastAPI app whose one endpoint returns a fixed JSON
-body without reading the request (the ceiling of the web stack). A load generator in a *second*
+Method. Three servers run as subprocesses under the same uvicorn settings (``--workers``, loop and
+HTTP implementation ``auto``: uvloop and httptools where installed, no access log): ``molfusion
+serve``; a bare FastAPI app whose one endpoint returns a fixed JSON body without reading the request
+(the ceiling of the web stack, the peer of the goal); and, for reference, the same fixed body from a
+raw ASGI callable with no framework at all (the ceiling of uvicorn itself). A load generator in a *second*
 process (asyncio streams, one keep-alive connection per client) runs a closed loop: ``C`` clients
 each send a request, wait for the whole response and send the next, for ``--duration`` seconds
 after ``--warmup`` seconds. Per cell it
@@ -12,12 +14,16 @@ the server's ``/metrics`` it reads the cell's cache hits/misses and mean micro-b
 Cells: POST /v1/predict (all served heads) with 1 or 64 molecules per request, cache ``hit`` (requests
 draw from 256 molecules embedded during warm-up) or ``miss`` (every request carries molecules not
 seen before, taken in order from the MOSES test set), for 1, 8, 32 and 64 clients; and the bare
-endpoint for the same client counts. The goals printed at the end: cache-hit single-molecule predict
+endpoints for the same client counts. The goals printed at the end: cache-hit single-molecule predict
 >= 50% of the bare endpoint's req/s, p99 <= 50 ms at 32 clients, zero errors.
 
     python bench/serve_load.py                              # CPU, the packaged encoders
     python bench/serve_load.py --encoders random            # random-init default-size encoders
     python bench/serve_load.py --device cuda --out gpu.json # on the GPU machine
+
+Each server's output goes to a log in the work folder; when a server exits or never gets ready, or the
+load generator fails, the error carries the tail of that output. The load generator and the bare
+peers need only the standard library and uvicorn/FastAPI (uvloop when installed).
 
 Results are recorded in ``docs/bench_serve.md``.
 """
@@ -26,7 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import gzip
 import json
+import math
 import os
 import re
 import shutil
@@ -39,11 +48,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as a script: make `bench` importable
-    sys.path.insert(0, str(REPO))
-
-from bench.machine_info import machine_info  # noqa: E402
-
 DATA = Path(os.environ.get("MOLFUSION_DATA_DIR", REPO.parent / "shared" / "datasets"))
 HIT_POOL = 256
 
@@ -51,18 +55,65 @@ HIT_POOL = 256
 # --- the bare endpoint (imported by its own uvicorn process) -------------------------------------
 
 
+BARE_BODY = {"results": [{"input": "CCO", "canonical_smiles": "CCO", "status": "ok"}]}
+
+
 def bare_app():
     """FastAPI app with one POST endpoint returning a fixed JSON body (the web-stack ceiling)."""
     from fastapi import FastAPI
 
     app = FastAPI()
-    fixed = {"results": [{"input": "CCO", "canonical_smiles": "CCO", "status": "ok"}]}
 
     @app.post("/bare")
     async def bare() -> dict:
-        return fixed
+        return BARE_BODY
+
+    @app.get("/ready")
+    async def ready() -> dict:
+        return {}
 
     return app
+
+
+def bare_asgi_app():
+    """The same fixed body from a raw ASGI callable: no framework, no routing (uvicorn's ceiling)."""
+    body = json.dumps(BARE_BODY, separators=(",", ":")).encode()
+    headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    start = {"type": "http.response.start", "status": 200, "headers": headers}
+    message = {"type": "http.response.body", "body": body}
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send(start)
+        await send(message)
+
+    return app
+
+
+def serve_bare(args: argparse.Namespace) -> None:
+    """Run a bare peer under the uvicorn settings of ``molfusion serve`` (``app/commands/serve.py``).
+
+    The app is imported as the top-level module ``serve_load`` from this file's folder, so it does not
+    depend on how (or whether) the ``bench`` folder is importable as a package on the host."""
+    import uvicorn
+
+    uvicorn.run(
+        f"serve_load:{'bare_asgi_app' if args.kind == 'asgi' else 'bare_app'}",
+        factory=True,
+        app_dir=str(Path(__file__).resolve().parent),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,
+        log_level="warning",
+        loop="auto",
+        http="auto",
+        timeout_graceful_shutdown=10,
+    )
 
 
 # --- encoders and heads for the served service ---------------------------------------------------
@@ -126,11 +177,18 @@ def demo_heads(encoders: dict[str, Path] | None, device: str, root: Path, data_d
 
 
 def _read_smiles(path: Path, limit: int | None = None) -> list[str]:
-    import pandas as pd
-
-    frame = pd.read_csv(path, nrows=limit)
-    column = next(c for c in frame.columns if c.lower() == "smiles")
-    return frame[column].astype(str).tolist()
+    """The ``smiles`` column (any case) of a CSV, gzipped or not, with the standard library only."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        column = next(i for i, name in enumerate(header) if name.strip().lower() == "smiles")
+        out: list[str] = []
+        for row in reader:
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(row[column])
+    return out
 
 
 # --- servers -------------------------------------------------------------------------------------
@@ -150,7 +208,8 @@ class Server:
     ) -> None:
         self.name, self.port, self.ready_path = name, port, ready_path
         self.url = f"http://127.0.0.1:{port}"
-        self.log = (log_dir / f"{name}.log").open("w")
+        self.log_path = log_dir / f"{name}.log"
+        self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             command, env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -162,7 +221,9 @@ class Server:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log.name}")
+                raise RuntimeError(
+                    f"{self.name} server exited with code {self.proc.returncode}; its output:\n{self.tail()}"
+                )
             try:
                 with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as r:
                     if r.status == 200:
@@ -170,7 +231,16 @@ class Server:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready after {timeout_s} s; see {self.log.name}")
+        raise RuntimeError(f"{self.name} server not ready after {timeout_s} s; its output:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the server's stdout and stderr."""
+        self.log.flush()
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty)"
 
     def get(self, path: str) -> str:
         import urllib.request
@@ -253,8 +323,6 @@ async def _drive(
     requests completed by then (slow cells: cache misses on CPU), workers keep going until they have,
     at most ``max_s`` after the warm-up. Throughput = measured requests / (last measured completion -
     end of warm-up)."""
-    import numpy as np
-
     latencies: list[float] = []
     molecules = 0
     errors = 0
@@ -297,7 +365,7 @@ async def _drive(
                     error_kinds[kind] = error_kinds.get(kind, 0) + 1
 
     await asyncio.gather(*(client() for _ in range(clients)))
-    lat = np.array(latencies) * 1000.0
+    lat = sorted(t * 1000.0 for t in latencies)
     done = len(latencies)
     window = t_last - t_measure
     return {
@@ -307,10 +375,18 @@ async def _drive(
         "error_kinds": error_kinds,
         "req_per_s": done / window,
         "mol_per_s": molecules / window,
-        "p50_ms": float(np.percentile(lat, 50)) if done else None,
-        "p95_ms": float(np.percentile(lat, 95)) if done else None,
-        "p99_ms": float(np.percentile(lat, 99)) if done else None,
+        "p50_ms": percentile(lat, 50) if done else None,
+        "p95_ms": percentile(lat, 95) if done else None,
+        "p99_ms": percentile(lat, 99) if done else None,
     }
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """``q``-th percentile of sorted values, interpolated linearly (numpy's default method)."""
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def client_main(args: argparse.Namespace) -> None:
@@ -328,7 +404,7 @@ def client_main(args: argparse.Namespace) -> None:
     offset = [args.offset]
     size = args.molecules
 
-    if args.kind == "bare":
+    if args.kind in ("bare", "asgi"):
         fixed = json.dumps({"smiles": ["CCO"]}).encode()
 
         def bodies():
@@ -376,7 +452,12 @@ def run_client(
         "--offset",
         str(offset),
     ]
-    out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if out.returncode != 0 or not out.stdout.strip():
+        tail = "\n".join((out.stderr or "(no output)").splitlines()[-40:])
+        raise RuntimeError(
+            f"load generator ({kind}, {clients} clients) exited with {out.returncode}:\n{tail}"
+        )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -450,28 +531,29 @@ def main_bench(args: argparse.Namespace) -> dict:
         env["MOLFUSION_REDIS_URL"] = args.redis_url
         env["MOLFUSION_CACHE_NAMESPACE"] = f"bench:{os.getpid()}:"
 
-    port_bare, port_svc = free_port(), free_port()
-    bare = Server(
-        "bare",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.serve_load:bare_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port_bare),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        env,
-        port_bare,
-        "/docs",
-        workdir,
-    )
+    peers = {
+        name: Server(
+            name,
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "serve-bare",
+                "--kind",
+                kind,
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+            ],
+            env,
+            port,
+            "/ready",
+            workdir,
+        )
+        for name, kind, port in (("bare", "fastapi", free_port()), ("bare-asgi", "asgi", free_port()))
+        if name in args.peers.split(",")
+    }
+    port_svc = free_port()
     svc = Server(
         "molfusion",
         [
@@ -492,15 +574,21 @@ def main_bench(args: argparse.Namespace) -> dict:
         workdir,
     )
     results: dict = {
-        "machine": machine_info(),
+        "machine": _machine_info(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "cells": [],
     }
     clients = [int(c) for c in args.clients.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
     try:
-        bare.wait_ready()
-        svc.wait_ready()
+        failures = []
+        for server in (*peers.values(), svc):  # all of them: one failing says nothing of the others
+            try:
+                server.wait_ready()
+            except RuntimeError as exc:
+                failures.append(str(exc))
+        if failures:
+            raise RuntimeError("\n\n".join(failures))
         info = json.loads(svc.get("/v1/info"))
         results["service"] = {
             "encoders": info["encoders"],
@@ -511,11 +599,12 @@ def main_bench(args: argparse.Namespace) -> dict:
         print(f"service: {results['service']}", file=sys.stderr)
         if not info["properties"]:
             raise SystemExit("the service serves no heads (none match these encoders): use --train-heads")
-        for c in clients:
-            cell = run_client(bare.url + "/bare", "bare", c, 1, args, pool, 0)
-            cell.update({"target": "bare", "clients": c, "molecules": 1, "cache": "-"})
-            results["cells"].append(cell)
-            print(_row(cell), file=sys.stderr)
+        for name, peer in peers.items():
+            for c in clients:
+                cell = run_client(peer.url + "/bare", "bare", c, 1, args, pool, 0)
+                cell.update({"target": name, "clients": c, "molecules": 1, "cache": "-"})
+                results["cells"].append(cell)
+                print(_row(cell), file=sys.stderr)
         offset = HIT_POOL
         _warm(svc, pool_smiles[:HIT_POOL])  # every hot molecule embedded (and cached) once
         for size in sizes:
@@ -551,11 +640,22 @@ def main_bench(args: argparse.Namespace) -> dict:
                     print(_row(cell), file=sys.stderr)
     finally:
         svc.stop()
-        bare.stop()
+        for peer in peers.values():
+            peer.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     results["goals"] = goals(results["cells"])
     return results
+
+
+def _machine_info() -> dict[str, str]:
+    if str(REPO) not in sys.path:  # run as a script: make `bench` importable
+        sys.path.insert(0, str(REPO))
+    from bench.machine_info import machine_info
+
+    info = machine_info()
+    info["load_average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return info
 
 
 def _warm(server: Server, smiles: list[str]) -> None:
@@ -583,6 +683,13 @@ def goals(cells: list[dict]) -> dict:
             ratios[c] = hit["req_per_s"] / bare["req_per_s"]
     out["hit_single_vs_bare_req_ratio"] = ratios
     out["hit_single_vs_bare_ok"] = bool(ratios) and min(ratios.values()) >= 0.5
+    asgi = {}
+    for c in sorted({c["clients"] for c in cells}):
+        peer = find(target="bare-asgi", clients=c)
+        hit = find(target="predict", clients=c, molecules=1, cache="hit")
+        if peer and hit and peer["req_per_s"]:
+            asgi[c] = hit["req_per_s"] / peer["req_per_s"]
+    out["hit_single_vs_bare_asgi_req_ratio"] = asgi
     p99 = find(target="predict", clients=32, molecules=1, cache="hit")
     out["p99_ms_hit_single_32_clients"] = p99["p99_ms"] if p99 else None
     out["p99_ok"] = p99 is not None and p99["p99_ms"] is not None and p99["p99_ms"] <= 50.0
@@ -606,11 +713,13 @@ def markdown(results: dict) -> str:
     ]
     lines += [_row(c) for c in results["cells"]]
     g = results["goals"]
+    asgi = ", ".join(f"{c} clients: {r:.2f}" for c, r in g["hit_single_vs_bare_asgi_req_ratio"].items())
     ratios = ", ".join(f"{c} clients: {r:.2f}" for c, r in g["hit_single_vs_bare_req_ratio"].items())
     lines += [
         "",
         f"cache-hit single-molecule predict / bare req/s: {ratios} "
         f"(goal >= 0.50: {'met' if g['hit_single_vs_bare_ok'] else 'NOT met'})",
+        f"the same against the raw ASGI peer (no framework): {asgi or '-'}",
         f"p99 at 32 clients (hit, 1 molecule): {g['p99_ms_hit_single_32_clients']} ms "
         f"(goal <= 50 ms: {'met' if g['p99_ok'] else 'NOT met'}); errors: {g['errors']}",
     ]
@@ -629,6 +738,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     client.add_argument("--warmup", type=float, default=1.0)
     client.add_argument("--pool", default=None)
     client.add_argument("--offset", type=int, default=0)
+    bare = sub.add_parser("serve-bare", help="(internal) run a bare peer server")
+    bare.add_argument("--kind", choices=["fastapi", "asgi"], required=True)
+    bare.add_argument("--host", default="127.0.0.1")
+    bare.add_argument("--port", type=int, required=True)
+    bare.add_argument("--workers", type=int, default=1)
     parser.add_argument(
         "--encoders",
         choices=["default", "random", "tiny"],
@@ -648,7 +762,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--caches", default="hit,miss")
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per cell")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of every server")
+    parser.add_argument(
+        "--peers",
+        default="bare,bare-asgi",
+        help="bare peers: 'bare' (FastAPI, the goal's peer) and/or 'bare-asgi' (raw ASGI, reference)",
+    )
     parser.add_argument("--cache-items", type=int, default=2_000_000, help="in-process LRU capacity")
     parser.add_argument(
         "--memo-items", type=int, default=100_000, help="service memos (0 = off: hits go through the cache)"
@@ -663,6 +782,9 @@ def main() -> None:
     args = parse_args()
     if args.command == "client":
         client_main(args)
+        return
+    if args.command == "serve-bare":
+        serve_bare(args)
         return
     results = main_bench(args)
     if args.out:

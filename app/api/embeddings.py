@@ -35,8 +35,7 @@ async def embed(body: EmbedRequest, request: Request) -> Response:
             }
         )
     n_ok = int(np.sum([e is None for e in result.errors]))
-    service.metrics.molecules.labels("embed", "ok").inc(n_ok)
-    service.metrics.molecules.labels("embed", "invalid").inc(len(items) - n_ok)
+    service.metrics.count_molecules("embed", n_ok, len(items) - n_ok)
     embedder = service.embedder
     return json_response(
         {

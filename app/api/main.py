@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api import embeddings, health, info, predictions, properties, recommendations
 from app.api.deps import require_api_key
+from app.api.fastpath import PredictFastPath
 from app.api.limits import BodySizeLimit
 from app.api.schemas import ErrorResponse
 from app.api.service import ModelService, NotReadyError, UnknownPropertyError
@@ -131,6 +132,8 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
         ]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    if settings.memo_items > 0:  # innermost: within the body limit and the request metrics
+        app.add_middleware(PredictFastPath, service=service)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_request_bytes, upload_max_bytes=settings.upload_max_bytes
     )

@@ -6,7 +6,9 @@ cost more than the rest of a cached request: validating/canonicalising a raw SMI
 per head per call on CPU). Their outcomes are kept in LRU memos: :class:`CanonicalMemo` by raw input,
 and :class:`PredictionMemo` by (head name, head version, canonical SMILES); a head's version is the
 digest of its files, so a retrained head never reads old predictions. The RDKit molecule is not kept:
-an embedding-cache miss re-parses the canonical form when it featurizes the graph.
+an embedding-cache miss re-parses the canonical form when it featurizes the graph. A third memo,
+:class:`ResponseMemo`, keeps each ``/v1/predict`` result item serialized, so a repeated request is
+answered by joining bytes (``app.api.fastpath``). All three are bounded by ``MOLFUSION_MEMO_ITEMS``.
 """
 
 from __future__ import annotations
@@ -94,3 +96,51 @@ class PredictionMemo:
 
     def store(self, head: str, version: str, canonical: Sequence[str], values: np.ndarray) -> None:
         self._memo.put_many([((head, version, c), values[i].copy()) for i, c in enumerate(canonical)])
+
+
+class ResponseMemo:
+    """Serialized ``/v1/predict`` result items by (raw input, served-versions key of the requested heads).
+
+    The key names every requested head with its version and encoder versions
+    (:meth:`app.api.service.ModelService.response_key`), so another property set, a retrained head or
+    a new encoder never reads an old item. Each value is the item's JSON bytes and whether it is
+    ``ok``. An entry counts as one item per head it holds (the unit of :class:`PredictionMemo`), so
+    ``max_items`` bounds both memos alike: with 9 heads the default 100,000 keeps ~11,000 molecules.
+    """
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self._data: OrderedDict[tuple[str, str], tuple[bytes, bool, int]] = OrderedDict()
+        self._weight = 0
+        self._lock = threading.Lock()
+
+    def recall(self, key: str, inputs: Sequence[str]) -> tuple[list[bytes], int] | None:
+        """Every input's item and the number of ``ok`` ones, or ``None`` unless all are remembered."""
+        parts: list[bytes] = []
+        n_ok = 0
+        with self._lock:
+            for raw in inputs:
+                entry = self._data.get((raw, key))
+                if entry is None:
+                    return None
+                self._data.move_to_end((raw, key))
+                parts.append(entry[0])
+                n_ok += entry[1]
+        return parts, n_ok
+
+    def store(self, key: str, weight: int, items: Sequence[tuple[str, bytes, bool]]) -> None:
+        """Remember ``(raw input, item JSON, ok)`` rows; ``weight`` is the number of heads in ``key``."""
+        if self.max_items <= 0 or weight > self.max_items:
+            return
+        with self._lock:
+            for raw, data, ok in items:
+                old = self._data.pop((raw, key), None)
+                if old is not None:
+                    self._weight -= old[2]
+                self._data[(raw, key)] = (data, ok, weight)
+                self._weight += weight
+            while self._weight > self.max_items:
+                self._weight -= self._data.popitem(last=False)[1][2]
+
+    def __len__(self) -> int:
+        return len(self._data)

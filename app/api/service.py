@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from app.api.memo import CanonicalMemo, PredictionMemo
+from app.api.memo import CanonicalMemo, PredictionMemo, ResponseMemo
 from app.batcher import MicroBatcher
 from app.factory import build_embedder
 from app.metrics import ServiceMetrics
@@ -138,6 +138,8 @@ class ModelService:
         self.load_error: str | None = None
         self.canonicalize: CanonicalMemo | None = None
         self.predictions: PredictionMemo | None = None
+        self.responses: ResponseMemo | None = None
+        self._response_keys: dict[tuple[str, ...], str] = {}
         self.head_infos: dict[str, dict[str, Any]] = {}
         self.loaded_at: float | None = None
         self.batcher: MicroBatcher[EmbedJob | PredictJob, JobResult] = MicroBatcher(
@@ -161,6 +163,7 @@ class ModelService:
                 self.embedder = build_embedder(self.settings, self.cache)
             self.canonicalize = CanonicalMemo(self.embedder.policy, self.settings.memo_items)
             self.predictions = PredictionMemo(self.settings.memo_items)
+            self.responses = ResponseMemo(self.settings.memo_items)
             self._load_heads()
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -183,6 +186,7 @@ class ModelService:
 
         registry = HeadRegistry(self.settings.heads_dir)
         versions = self.embedder.versions
+        self._response_keys = {}  # response-memo keys name the versions of the heads loaded here
         for name in registry.names():
             try:
                 head = registry.load(name)
@@ -241,6 +245,20 @@ class ModelService:
         if unknown:
             raise UnknownPropertyError(unknown, sorted(self.heads))
         return tuple(dict.fromkeys(requested))
+
+    def response_key(self, heads: tuple[str, ...]) -> str:
+        """Key of a property set in :class:`ResponseMemo`: every head in request order with its version
+        and the encoder versions it was trained on (computed once per property set)."""
+        key = self._response_keys.get(heads)
+        if key is None:
+            key = "|".join(
+                f"{name}@{self.head_versions[name]}@"
+                + ",".join(f"{v}={e}" for v, e in self.head_infos[name]["encoder_versions"].items())
+                for name in heads
+            )
+            if len(self._response_keys) < 4096:  # a bounded number of distinct property sets
+                self._response_keys[heads] = key
+        return key
 
     async def embed(self, smiles: list[str], views: tuple[str, ...]) -> JobResult:
         self._require_ready()
