@@ -161,7 +161,8 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, lambdas: tuple[float, ...], i
     return w.detach().view(d, t, len(lambdas)), b.detach().view(t, len(lambdas))
 
 
-def probe_classification(x: np.ndarray, y: np.ndarray, split, device: torch.device) -> float:
+def probe_classification(x: np.ndarray, y: np.ndarray, split, device: torch.device) -> tuple[float, float]:
+    """``(test ROC-AUC, validation ROC-AUC)``, each the mean over tasks at the lambda chosen on validation."""
     train, val, test = split
     xs = standardise(x, train)
     xt = torch.tensor(xs, dtype=torch.float32, device=device)
@@ -169,7 +170,7 @@ def probe_classification(x: np.ndarray, y: np.ndarray, split, device: torch.devi
     w, b = fit_logistic(xt[train], yt, LAMBDAS_LOGISTIC)
     scores = torch.einsum("nd,dtl->ntl", xt, w) + b  # [N, T, L]
     scores = scores.cpu().numpy()
-    aucs = []
+    aucs, val_aucs = [], []
     for task in range(y.shape[1]):
 
         def auc(rows: np.ndarray, lam: int, task: int = task) -> float | None:
@@ -185,10 +186,13 @@ def probe_classification(x: np.ndarray, y: np.ndarray, split, device: torch.devi
         val_scores = [auc(val, lam) for lam in range(len(LAMBDAS_LOGISTIC))]
         best = int(np.argmax([s if s is not None else -1.0 for s in val_scores]))
         aucs.append(auc(test, best))
-    return float(np.mean(aucs)) if aucs else math.nan
+        if val_scores[best] is not None:
+            val_aucs.append(val_scores[best])
+    return (float(np.mean(aucs)) if aucs else math.nan, float(np.mean(val_aucs)) if val_aucs else math.nan)
 
 
-def probe_regression(x: np.ndarray, y: np.ndarray, split, device: torch.device) -> tuple[float, float]:
+def probe_regression(x: np.ndarray, y: np.ndarray, split, device: torch.device) -> tuple[float, float, float]:
+    """``(test RMSE, test MAE, validation RMSE)`` at the lambda chosen on validation."""
     train, val, test = split
     xs = torch.tensor(standardise(x, train), dtype=torch.float64, device=device)
     target = torch.tensor(y[:, 0], dtype=torch.float64, device=device)
@@ -204,9 +208,9 @@ def probe_regression(x: np.ndarray, y: np.ndarray, split, device: torch.device) 
         val_rmse = float(torch.sqrt(torch.mean((pred[val] - target[val]) ** 2)))
         if best is None or val_rmse < best[0]:
             best = (val_rmse, pred)
-    pred = best[1]
+    val_rmse, pred = best
     err = (pred[test] - target[test]).cpu().numpy()
-    return float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err)))
+    return float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err))), val_rmse
 
 
 def random_init_embedder(device: str, batch_size: int) -> Embedder:
@@ -226,8 +230,10 @@ def stereo_free(smiles: list[str]) -> list[str]:
     return [Chem.MolToSmiles(Chem.MolFromSmiles(s), isomericSmiles=False) for s in smiles]
 
 
-def representations(smiles: list[str], pretrained: Embedder, random: Embedder,
-                    smiles_input: str = "canonical") -> dict[str, np.ndarray]:
+def representations(
+    smiles: list[str], pretrained: Embedder, random: Embedder, smiles_input: str = "canonical",
+    alt_graph: GraphView | None = None,
+) -> dict[str, np.ndarray]:
     """All representations; ``smiles_input="stereo-free"`` feeds the SMILES view stereo-free SMILES
     (the form of the MOSES pretraining corpus) while the graph view still sees the molecule as given."""
     reps: dict[str, np.ndarray] = {}
@@ -235,6 +241,11 @@ def representations(smiles: list[str], pretrained: Embedder, random: Embedder,
     for prefix, embedder in (("", pretrained), ("_random", random)):
         reps[f"smiles{prefix}"] = embedder.embed(text, views=("smiles",)).vectors["smiles"].astype(np.float64)
         reps[f"graph{prefix}"] = embedder.embed(smiles, views=("graph",)).vectors["graph"].astype(np.float64)
+    if alt_graph is not None:
+        alt = Embedder(pretrained.smiles, alt_graph, device=str(pretrained.device),
+                       batch_size=pretrained.batch_size)
+        reps["graph_alt"] = alt.embed(smiles, views=("graph",)).vectors["graph"].astype(np.float64)
+        reps["smiles_alt"] = reps["smiles"]
     reps["ecfp4"] = ecfp4(smiles).astype(np.float64)
     return reps
 
@@ -242,25 +253,29 @@ def representations(smiles: list[str], pretrained: Embedder, random: Embedder,
 def with_fused(reps: dict[str, np.ndarray], train: np.ndarray) -> dict[str, np.ndarray]:
     """Fused = concatenation of the standardised SMILES and graph views."""
     out = dict(reps)
-    for suffix in ("", "_random"):
-        out[f"fused{suffix}"] = np.concatenate(
-            [standardise(reps[f"smiles{suffix}"], train), standardise(reps[f"graph{suffix}"], train)], axis=1
-        )
+    for suffix in ("", "_random", "_alt"):
+        if f"graph{suffix}" in reps:
+            out[f"fused{suffix}"] = np.concatenate(
+                [standardise(reps[f"smiles{suffix}"], train), standardise(reps[f"graph{suffix}"], train)],
+                axis=1,
+            )
     return out
 
 
-def markdown(results: dict, seeds: int) -> str:
-    header = "| data set | metric | " + " | ".join(REPRESENTATIONS) + " | fused / random | fused / ECFP4 |"
-    lines = [header, "|" + "---|" * (len(REPRESENTATIONS) + 4)]
+def markdown(results: dict, seeds: int, reps: tuple[str, ...] = REPRESENTATIONS,
+             key: str = "scores") -> str:
+    """The results table; ``key="val_scores"`` tabulates the validation scores instead of test."""
+    header = "| data set | metric | " + " | ".join(reps) + " | fused / random | fused / ECFP4 |"
+    lines = [header, "|" + "---|" * (len(reps) + 4)]
     for name, entry in results.items():
         metric = entry["metric"]
         cells = []
-        for rep in REPRESENTATIONS:
-            vals = np.asarray(entry["scores"][rep], dtype=np.float64)
+        for rep in reps:
+            vals = np.asarray(entry[key][rep], dtype=np.float64)
             cells.append(f"{np.nanmean(vals):.3f} ± {np.nanstd(vals):.3f}")
-        fused = np.nanmean(entry["scores"]["fused"])
-        ratio_r = fused / np.nanmean(entry["scores"]["fused_random"])
-        ratio_e = fused / np.nanmean(entry["scores"]["ecfp4"])
+        fused = np.nanmean(entry[key]["fused"])
+        ratio_r = fused / np.nanmean(entry[key]["fused_random"])
+        ratio_e = fused / np.nanmean(entry[key]["ecfp4"])
         lines.append(
             f"| {name} (n={entry['n']}) | {metric} | "
             + " | ".join(cells)
@@ -269,12 +284,13 @@ def markdown(results: dict, seeds: int) -> str:
     cls = [e for e in results.values() if e["metric"] == "ROC-AUC"]
     if cls:
         cells = []
-        for rep in REPRESENTATIONS:
-            per_seed = np.nanmean(np.asarray([e["scores"][rep] for e in cls], dtype=np.float64), axis=0)
+        for rep in reps:
+            per_seed = np.nanmean(np.asarray([e[key][rep] for e in cls], dtype=np.float64), axis=0)
             cells.append(f"{per_seed.mean():.3f} ± {per_seed.std():.3f}")
         lines.append("| **mean of classification sets** | ROC-AUC | " + " | ".join(cells) + " | | |")
+    part = "validation" if key == "val_scores" else "test"
     lines.append(
-        f"\n{seeds} scaffold seeds; mean ± std over seeds. Ratios: fused score / peer score "
+        f"\n{part} scores; {seeds} scaffold seeds; mean ± std over seeds. Ratios: fused score / peer score "
         "(ROC-AUC: higher is better; RMSE: lower is better)."
     )
     return "\n".join(lines)
@@ -291,13 +307,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--smiles-input", choices=("canonical", "stereo-free"), default="canonical",
                         help="what the SMILES view reads (the graph view always gets the canonical form)")
+    parser.add_argument("--graph-encoder", type=Path, default=None,
+                        help="graph encoder folder for the pretrained columns (default: the shipped one)")
+    parser.add_argument("--alt-graph-encoder", type=Path, default=None,
+                        help="a second graph encoder, probed as extra columns graph_alt and fused_alt")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     wanted = [s for s in PROBE_SETS if s.name in args.datasets.split(",")]
     if not wanted:
         parser.error(f"--datasets: none of {args.datasets!r} is one of {[s.name for s in PROBE_SETS]}")
-    pretrained = Embedder(device=args.device, batch_size=args.batch_size)
+    pretrained = Embedder(graph_encoder=args.graph_encoder, device=args.device, batch_size=args.batch_size)
     random = random_init_embedder(args.device, args.batch_size)
+    alt_graph = GraphView.load(args.alt_graph_encoder) if args.alt_graph_encoder else None
+    reps_names = REPRESENTATIONS + (("graph_alt", "fused_alt") if alt_graph is not None else ())
     device = pretrained.device
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     started = time.perf_counter()
@@ -305,36 +327,45 @@ def main(argv: list[str] | None = None) -> None:
     for spec in wanted:
         t0 = time.perf_counter()
         smiles, y = load_probe_set(args.data_dir, spec, args.limit)
-        reps = representations(smiles, pretrained, random, args.smiles_input)
+        reps = representations(smiles, pretrained, random, args.smiles_input, alt_graph)
         embed_s = time.perf_counter() - t0
-        scores: dict[str, list] = {rep: [] for rep in REPRESENTATIONS}
-        maes: dict[str, list] = {rep: [] for rep in REPRESENTATIONS}
+        scores: dict[str, list] = {rep: [] for rep in reps_names}
+        val_scores: dict[str, list] = {rep: [] for rep in reps_names}
+        maes: dict[str, list] = {rep: [] for rep in reps_names}
         for seed in range(args.seeds):
             split = scaffold_split(smiles, seed)
             all_reps = with_fused(reps, split[0])
-            for rep in REPRESENTATIONS:
+            for rep in reps_names:
                 if spec.task_type == "classification":
-                    scores[rep].append(probe_classification(all_reps[rep], y, split, device))
+                    test_auc, val_auc = probe_classification(all_reps[rep], y, split, device)
+                    scores[rep].append(test_auc)
+                    val_scores[rep].append(val_auc)
                 else:
-                    rmse, mae = probe_regression(all_reps[rep], y, split, device)
+                    rmse, mae, val_rmse = probe_regression(all_reps[rep], y, split, device)
                     scores[rep].append(rmse)
                     maes[rep].append(mae)
+                    val_scores[rep].append(val_rmse)
         metric = "ROC-AUC" if spec.task_type == "classification" else "RMSE"
         results[spec.name] = {
             "metric": metric,
             "n": len(smiles),
             "tasks": int(y.shape[1]),
             "scores": scores,
+            "val_scores": val_scores,
             "mae": maes if metric == "RMSE" else None,
             "embed_s": round(embed_s, 1),
             "total_s": round(time.perf_counter() - t0, 1),
         }
         log.info("%s: %s", spec.name, {r: round(float(np.mean(v)), 4) for r, v in scores.items()})
-    table = markdown(results, args.seeds)
+        log.info("%s validation: %s", spec.name,
+                 {r: round(float(np.mean(v)), 4) for r, v in val_scores.items()})
+    table = markdown(results, args.seeds, reps_names)
+    val_table = markdown(results, args.seeds, reps_names, key="val_scores")
     info = {
         "machine": machine,
         "device": str(device),
         "versions": pretrained.versions,
+        "alt_graph_version": alt_graph.version if alt_graph is not None else None,
         "seconds": round(time.perf_counter() - started, 1),
         "limit": args.limit,
         "seeds": args.seeds,
@@ -342,9 +373,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "probe_results.json").write_text(json.dumps({"info": info, "results": results}, indent=2))
-    (args.out_dir / "probe_table.md").write_text(table + "\n")
+    (args.out_dir / "probe_table.md").write_text(table + "\n\n" + val_table + "\n")
     print(json.dumps(info))
     print(table)
+    print(val_table)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ concatenation of the sum-pooled node states of every layer, the input layer incl
 
 :class:`GraphEncoderForPretraining` adds the self-supervised heads: masked atom attributes (every
 atom feature column) and masked bond attributes (bond type, stereo, conjugation of bonds touching a
-masked atom), after Hu et al. (2020) "Strategies for Pre-training Graph Neural Networks".
+masked atom), after Hu et al. (2020) "Strategies for Pre-training Graph Neural Networks", and,
+optionally, a graph-level head predicting from the pooled embedding which functional groups the
+molecule contains (``models.pretrain.motifs``; GROVER's motif prediction, Rong et al., 2020).
 """
 
 from __future__ import annotations
@@ -156,22 +158,35 @@ class GraphEncoder(nn.Module):
 
 
 class GraphEncoderForPretraining(nn.Module):
-    """Encoder plus linear heads predicting masked atom columns and the attributes of masked bonds."""
+    """Encoder plus linear heads predicting masked atom columns, the attributes of masked bonds and
+    (when ``num_motifs > 0``) the motif-presence vector from the molecule embedding.
 
-    def __init__(self, config: GraphEncoderConfig) -> None:
+    The motif head is ``Linear(LayerNorm(readout))``: linear, so the objective shapes the very
+    embedding that downstream heads read, and normalised, because sum pooling scales with size.
+    """
+
+    def __init__(self, config: GraphEncoderConfig, num_motifs: int = 0, motif_weight: float = 1.0) -> None:
         super().__init__()
         self.encoder = GraphEncoder(config)
         h = config.hidden_size
         self.atom_heads = nn.ModuleList(nn.Linear(h, d) for d in config.atom_feature_dims)
         self.bond_heads = nn.ModuleList(nn.Linear(h, d) for d in config.bond_feature_dims)
+        self.motif_weight = motif_weight
+        self.motif_head = (
+            nn.Sequential(nn.LayerNorm(config.embedding_size), nn.Linear(config.embedding_size, num_motifs))
+            if num_motifs > 0 else None
+        )
 
-    def forward(self, x, edge_index, edge_attr, atom_mask, bond_mask, x_true, edge_attr_true) -> dict:
+    def forward(self, x, edge_index, edge_attr, atom_mask, bond_mask, x_true, edge_attr_true,
+                batch: torch.Tensor | None = None, motifs: torch.Tensor | None = None) -> dict:
         """``x``/``edge_attr`` already have masked rows replaced by the ``[MASK]`` index.
 
-        Returns the atom loss, the bond loss and their accuracies on the first column (atom type,
-        bond type).
+        ``batch`` (graph index of every atom) and ``motifs`` (``[num_graphs, num_motifs]`` 0/1) enable
+        the motif loss. Returns the total loss, each part and accuracies on the first column (atom
+        type, bond type) and over all motif bits.
         """
-        h = self.encoder.node_states(x, edge_index, edge_attr)[-1]
+        states = self.encoder.node_states(x, edge_index, edge_attr)
+        h = states[-1]
         h_atoms = h[atom_mask]
         atom_loss = sum(
             F.cross_entropy(head(h_atoms).float(), x_true[atom_mask, j])
@@ -189,10 +204,19 @@ class GraphEncoderForPretraining(nn.Module):
             bond_loss = h.sum() * 0.0
             bond_acc = torch.tensor(1.0, device=h.device)
         atom_acc = (self.atom_heads[0](h_atoms).argmax(-1) == x_true[atom_mask, 0]).float().mean()
-        return {
+        out = {
             "loss": atom_loss + bond_loss,
             "atom_loss": atom_loss,
             "bond_loss": bond_loss,
             "atom_acc": atom_acc,
             "bond_acc": bond_acc,
         }
+        if self.motif_head is not None and motifs is not None and batch is not None:
+            pooled = self.encoder.readout(states, batch, motifs.shape[0])
+            logits = self.motif_head(pooled).float()
+            target = motifs.float()
+            motif_loss = F.binary_cross_entropy_with_logits(logits, target)
+            out["loss"] = out["loss"] + self.motif_weight * motif_loss
+            out["motif_loss"] = motif_loss
+            out["motif_acc"] = ((logits > 0).float() == target).float().mean()
+        return out

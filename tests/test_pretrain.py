@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from models.pretrain.corpus import filter_corpus, keys_for, read_corpus, reference_tables, write_corpus
 from models.pretrain.graph_ssl import GraphCorpus, mask_graph
+from models.pretrain.motifs import motif_labels, motif_names
 from models.pretrain.pipelines import pretrain_graph, pretrain_smiles
 from models.pretrain.smiles_mlm import IGNORE_INDEX, mask_tokens, tokenize_corpus
 from models.pretrain.trainer import STATE_DIR, TrainConfig, learning_rate
@@ -114,6 +115,24 @@ def test_a_few_steps_reduce_both_losses(corpus_file: Path, tmp_path: Path) -> No
     pretrain_graph(corpus_file, tmp_path / "g", cfg, TINY_GRAPH, device="cpu", workers=1)
     losses = _log_losses(tmp_path / "g")
     assert losses[-1] < 0.8 * losses[0], losses
+    motif_losses = pd.read_json(tmp_path / "g" / "log.jsonl", lines=True)["motif_loss"].tolist()
+    assert motif_losses[-1] < 0.8 * motif_losses[0], motif_losses
+
+
+def test_motif_labels_mark_the_groups_a_chemist_sees() -> None:
+    names = motif_names()
+    assert len(names) == 85 and len(set(names)) == 85
+    smiles = ["CC(=O)O", "O=[N+]([O-])c1ccccc1", "not a smiles", "CCN", "c1ccccc1Cl"]
+    labels = motif_labels(smiles)
+    assert labels.shape == (5, 85) and labels.dtype == np.uint8
+    col = {n: j for j, n in enumerate(names)}
+    assert labels[0, col["fr_COO"]] == 1 and labels[0, col["fr_nitro"]] == 0
+    assert labels[1, col["fr_nitro"]] == 1 and labels[1, col["fr_benzene"]] == 1
+    assert labels[2].sum() == 0  # unparsable rows keep their place, with no motif
+    assert labels[3, col["fr_NH2"]] == 1 and labels[3, col["fr_benzene"]] == 0
+    assert labels[4, col["fr_halogen"]] == 1
+    # several processes give the same rows in the same order
+    assert np.array_equal(motif_labels(smiles * 3, workers=2, chunk_size=4), motif_labels(smiles * 3))
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:

@@ -148,8 +148,9 @@ def register(cli: typer.Typer) -> None:
         workers: int = typer.Option(0, help="Featurization processes; 0 = all cores."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
         limit: int | None = typer.Option(None, help="Only the first LIMIT corpus rows."),
+        motifs: bool = typer.Option(True, help="Add the functional-group motif objective on the readout."),
     ) -> None:
-        """Attribute-masking pretraining of the graph encoder."""
+        """Self-supervised pretraining of the graph encoder (masked attributes + motif presence)."""
         from models.pretrain.pipelines import pretrain_graph
 
         _check_corpus(corpus)
@@ -157,7 +158,7 @@ def register(cli: typer.Typer) -> None:
                             checkpoint_every, log_every)
         try:
             pos = pretrain_graph(corpus, out, cfg, {"hidden_size": hidden_size, "num_layers": layers},
-                                 device=device, limit=limit, workers=workers,
+                                 device=device, limit=limit, workers=workers, motifs=motifs,
                                  max_seconds=max_minutes * 60 if max_minutes else None, stop_after=stop_after)
         except ValueError as exc:
             raise _fail(f"--corpus: {exc}") from exc

@@ -8,7 +8,8 @@ original bond columns of the masked bonds (:class:`models.graph_encoder.GraphEnc
 
 The featurized corpus lives on the training device as flat CSR-style arrays (atoms and directed bonds
 of all molecules back to back, with per-molecule offsets); a batch is assembled by index arithmetic
-on the device, so no loader processes are needed.
+on the device, so no loader processes are needed. Optional motif labels (``models.pretrain.motifs``)
+live beside it as a ``uint8 [N, n_motifs]`` matrix and add the graph-level motif loss.
 """
 
 from __future__ import annotations
@@ -99,9 +100,13 @@ class GraphMaskingTask:
     """:class:`~models.pretrain.trainer.PretrainTask` for the graph encoder."""
 
     def __init__(self, config: GraphEncoderConfig, corpus: GraphCorpus, device: torch.device,
-                 name: str = "mhg-gin") -> None:
-        self.model = GraphEncoderForPretraining(config).to(device)
+                 name: str = "mhg-gin", motifs: torch.Tensor | None = None) -> None:
+        if motifs is not None and motifs.shape[0] != len(corpus):
+            raise ValueError(f"motif labels have {motifs.shape[0]} rows for {len(corpus)} molecules")
+        num_motifs = 0 if motifs is None else int(motifs.shape[1])
+        self.model = GraphEncoderForPretraining(config, num_motifs=num_motifs).to(device)
         self.corpus = corpus.to(device)
+        self.motifs = None if motifs is None else motifs.to(device)
         self.generator = torch.Generator(device=device)
         self.name = name
 
@@ -110,9 +115,11 @@ class GraphMaskingTask:
         return len(self.corpus)
 
     def loss(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, edge_index, edge_attr, _ = self.corpus.batch(indices)
+        x, edge_index, edge_attr, batch = self.corpus.batch(indices)
         x_masked, edge_masked, atom_mask, bond_mask = mask_graph(x, edge_index, edge_attr, self.generator)
-        return self.model(x_masked, edge_index, edge_masked, atom_mask, bond_mask, x, edge_attr)
+        motifs = None if self.motifs is None else self.motifs[indices]
+        return self.model(x_masked, edge_index, edge_masked, atom_mask, bond_mask, x, edge_attr,
+                          batch=batch, motifs=motifs)
 
     def export(self, directory: Path, meta: dict) -> str:
         encoder = self.model.encoder

@@ -93,11 +93,19 @@ def pretrain_graph(
     limit: int | None = None,
     workers: int = 0,
     before_train: Callable[[], None] | None = None,
+    motifs: bool = True,
 ) -> Position:
-    """Attribute-masking pretraining of the graph encoder on ``corpus``; resumes from ``out``."""
+    """Self-supervised pretraining of the graph encoder on ``corpus``; resumes from ``out``.
+
+    Objectives: masked atom and bond attributes, plus (``motifs=True``) functional-group presence
+    predicted from the molecule embedding (``models.pretrain.motifs``).
+    """
+    import os
+
     from models.featurizer import featurize_smiles
     from models.graph_encoder import GraphEncoderConfig
     from models.pretrain.graph_ssl import GraphCorpus, GraphMaskingTask
+    from models.pretrain.motifs import motif_labels
     from models.smiles_encoder import count_parameters
 
     dev = resolve_device(device)
@@ -105,20 +113,32 @@ def pretrain_graph(
     smiles = read_corpus(corpus, limit=limit)
     featurized = featurize_smiles(smiles, workers=workers)
     graphs = [f.graph for f in featurized if f.graph is not None]
+    canonical = [f.canonical for f in featurized if f.graph is not None]
     data = GraphCorpus.from_graphs(graphs)
     del featurized, graphs
+    motif_matrix = None
+    if motifs:
+        procs = workers if workers > 0 else (os.cpu_count() or 1)
+        motif_matrix = torch.from_numpy(motif_labels(canonical, workers=procs))
+    del canonical
     prep_s = time.monotonic() - t0
     config = GraphEncoderConfig(**(model_overrides or {}))
     torch.manual_seed(cfg.seed)
-    task = GraphMaskingTask(config, data, dev, name="mhg-gin-moses")
+    task = GraphMaskingTask(config, data, dev, name="mhg-gin-moses", motifs=motif_matrix)
     n_params = count_parameters(task.model.encoder)
     _write_data_info(out, {"corpus": str(corpus), "molecules": len(data), "invalid": len(smiles) - len(data),
                            "atoms": int(data.x.shape[0]), "directed_bonds": int(data.edge_attr.shape[0]),
+                           "motifs": 0 if motif_matrix is None else int(motif_matrix.shape[1]),
+                           "motif_positive_rate": None if motif_matrix is None
+                           else round(float(motif_matrix.float().mean()), 4),
                            "prepare_s": round(prep_s, 1), "encoder_parameters": n_params,
                            "device": device_description(dev)["name"]})
     log.info("graph corpus ready", extra={"molecules": len(data), "seconds": round(prep_s, 1),
                                           "parameters": n_params})
-    meta = {"objective": "masked atom and bond attributes 15%", "corpus": corpus.name,
+    objective = "masked atom and bond attributes 15%"
+    if motif_matrix is not None:
+        objective += f" + presence of {motif_matrix.shape[1]} RDKit functional-group motifs (BCE, readout)"
+    meta = {"objective": objective, "corpus": corpus.name,
             "corpus_molecules": len(data), "batch_size": cfg.batch_size, "train_config": asdict(cfg)}
     if before_train is not None:
         before_train()
