@@ -5,18 +5,23 @@ and torch-geometric's ``from_smiles`` measured in the same run as the peer for f
 on CPU (use ``--limit``) and on a CUDA host (bf16 autocast, like the embedder).
 
     python bench/embed_throughput.py --limit 2000                 # quick CPU run
+    python bench/embed_throughput.py --pipeline-parts-only --limit 10000   # CPU, no forward passes
     python bench/embed_throughput.py --sizes default,xl --json out.json   # GPU host, 100k SMILES
 
 Stages (each timed with wall clock, CUDA synchronised, best of ``--repeats`` for the short ones):
 
 * ``parse``: RDKit ``MolFromSmiles`` alone (the floor of any featurizer);
+* ``parse + canonical``: :func:`models.chemistry.parse_smiles`;
 * ``from_smiles``: torch-geometric's featurizer, 1 core (the peer);
-* ``featurize 1 core``: :func:`models.featurizer.featurize_one` = parse + canonical SMILES + graph;
+* ``featurize_chunk, 1 core``: :func:`models.featurizer.featurize_chunk` = parse + canonical SMILES +
+  graph (each repeat's ratio to ``from_smiles`` is printed, and the µs/mol of each part);
 * ``featurize N cores``: :func:`models.featurizer.featurize_smiles` with N worker processes;
 * ``smiles encoder`` / ``graph encoder``: forward passes on pre-tokenized / pre-featurized batches;
+* ``pipeline worker``: :func:`models.pipeline.prepare_chunk` on one core (a worker's whole job);
+* ``pipeline parent``: the pipeline parent's cost per molecule without forward passes (stub encoders);
 * ``end to end (Embedder.embed)``: the library API, all views, one call on the whole input;
 * ``end to end (pipeline)``: :class:`models.pipeline.EmbeddingPipeline`, preparation on all cores
-  overlapped with encoding.
+  overlapped with encoding (plus the rate after the first chunk, start-up excluded).
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -36,11 +43,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine_info import machine_info  # noqa: E402
-from models.chemistry import ParsePolicy  # noqa: E402
+from models.chemistry import ParsePolicy, parse_smiles  # noqa: E402
 from models.embedder import Embedder, GraphView, SmilesView  # noqa: E402
 from models.featurizer import collate_graphs, featurize_chunk, featurize_smiles  # noqa: E402
 from models.graph_encoder import GraphEncoder, GraphEncoderConfig  # noqa: E402
-from models.pipeline import EmbeddingPipeline  # noqa: E402
+from models.pipeline import EmbeddingPipeline, prepare_chunk  # noqa: E402
 from models.smiles_encoder import MolFormerConfig, MolFormerModel, count_parameters, xl_config  # noqa: E402
 from models.tokenizer import build_tokenizer  # noqa: E402
 
@@ -90,29 +97,44 @@ def bench_featurization(report: Report, smiles: list[str], n_one: int, workers: 
     from rdkit import Chem
     from torch_geometric.utils import from_smiles
 
-    cpu = torch.device("cpu")
     sample = smiles[:n_one]
     stages = {
         "parse (RDKit MolFromSmiles), 1 core": lambda: [Chem.MolFromSmiles(s) for s in sample],
+        "parse + canonical SMILES (parse_smiles), 1 core": lambda: [parse_smiles(s) for s in sample],
         "from_smiles (torch-geometric), 1 core": lambda: [from_smiles(s) for s in sample],
-        "featurize_one (parse+canonical+graph), 1 core": lambda: featurize_chunk(sample),
+        "featurize_chunk (parse+canonical+graph), 1 core": lambda: featurize_chunk(sample),
     }
-    # Interleaved repeats (parse, peer, ours, parse, ...), best of each: load drift hits all alike.
+    # Interleaved repeats (parse, ..., peer, ours, parse, ...), best of each: load drift hits all alike.
+    # Each repeat's own ratio is printed too, so the spread is visible.
     best = dict.fromkeys(stages, float("inf"))
+    ratios = []
     for _ in range(repeats):
-        for name, fn in stages.items():
-            best[name] = min(best[name], timed(fn, cpu))
-    parse, peer, ours = (report.add(name, len(sample), best[name]) for name in stages)
-    print(f"  -> featurize_one vs from_smiles: {ours / peer:.2f}x; vs parse alone: {ours / parse:.2f}x")
+        took = {name: wall(fn) for name, fn in stages.items()}
+        peer_s, ours_s = (took[name] for name in list(stages)[2:])
+        ratios.append(peer_s / ours_s)
+        best = {name: min(best[name], took[name]) for name in stages}
+    parse, canonical, peer, ours = (report.add(name, len(sample), best[name]) for name in stages)
+    print(f"  -> featurize_chunk vs from_smiles: {ours / peer:.2f}x (best of {repeats}); per repeat: "
+          + ", ".join(f"{r:.2f}x" for r in ratios))
+    print(f"  -> us/mol: parse {1e6 / parse:.0f}, + canonical {1e6 / canonical:.0f}, "
+          f"+ graph {1e6 / ours:.0f} (graph alone {1e6 / ours - 1e6 / canonical:.0f}); "
+          f"from_smiles {1e6 / peer:.0f}")
     report.rows[-1]["vs_from_smiles"] = round(ours / peer, 2)
+    report.rows[-1]["vs_from_smiles_per_repeat"] = [round(r, 2) for r in ratios]
     if workers > 1:
         many = report.add(
             f"featurize_smiles, {workers} processes",
             len(smiles),
-            timed(lambda: featurize_smiles(smiles, workers=workers, threshold=0), cpu),
+            wall(lambda: featurize_smiles(smiles, workers=workers, threshold=0)),
         )
         print(f"  -> scaling {many / ours:.1f}x on {workers} processes")
         report.rows[-1]["scaling_vs_1_core"] = round(many / ours, 2)
+
+
+def wall(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def bench_encoders(
@@ -177,6 +199,80 @@ def bench_encoders(
     return model, graph
 
 
+class _StubEncoder(torch.nn.Module):
+    """Returns zeros of the real encoder's width: times everything around the forward pass."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def embed(self, first, *rest) -> torch.Tensor:
+        n = first.shape[0] if isinstance(first, torch.Tensor) else int(first.num_graphs)
+        device = first.device if isinstance(first, torch.Tensor) else first.x.device
+        return torch.zeros(n, self.dim, device=device)
+
+
+def bench_pipeline_parts(
+    report: Report,
+    smiles: list[str],
+    smiles_view: SmilesView,
+    graph_view: GraphView,
+    device: torch.device,
+    batch_size: int,
+    chunk_size: int,
+    repeats: int,
+) -> None:
+    """The two halves of :class:`EmbeddingPipeline` apart: (a) one worker process's rate (parse,
+    canonical, graph, tokens, collation: :func:`prepare_chunk`), (b) the parent's cost per molecule
+    without the forward passes (pickling the inputs to the workers, unpickling prepared chunks, tensors,
+    host-to-device copies, masks/batch vectors, scatter into the output, device-to-host copy), with stub
+    encoders that return zeros of the real widths."""
+    views = ("smiles", "graph", "fused")
+    need = {"smiles", "graph"}
+    pipe = EmbeddingPipeline(smiles_view, graph_view, device, batch_size=batch_size, workers=1,
+                             chunk_size=chunk_size)
+    print(f"  pipeline worker tokenizer: {type(pipe.worker_tokenizer).__name__}")
+    parts = [smiles[s : s + chunk_size] for s in range(0, len(smiles), chunk_size)]
+    prepared: list = []
+
+    def prepare() -> None:
+        prepared[:] = [prepare_chunk(*pipe.worker_args(i * chunk_size, part, need), pipe.worker_tokenizer)
+                       for i, part in enumerate(parts)]
+
+    cpu = torch.device("cpu")
+    report.add("pipeline worker: prepare_chunk, 1 process", len(smiles), timed(prepare, cpu, repeats),
+               chunk_size=chunk_size)
+    stub = EmbeddingPipeline(
+        SimpleNamespace(model=_StubEncoder(smiles_view.dim), tokenizer=smiles_view.tokenizer,
+                        dim=smiles_view.dim, max_length=smiles_view.max_length),
+        SimpleNamespace(model=_StubEncoder(graph_view.dim), dim=graph_view.dim),
+        device, batch_size=batch_size, workers=1, chunk_size=chunk_size)
+    blobs = [pickle.dumps(c, protocol=pickle.HIGHEST_PROTOCOL) for c in prepared]
+    sent = [(pipe.worker_args(0, part, need), part) for part in parts]
+
+    def parent() -> None:
+        previous = None
+        for (args, part), blob in zip(sent, blobs, strict=True):
+            pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)  # the chunk's inputs on their way out
+            current = stub.launch(pickle.loads(blob), part, need)  # its result on its way back
+            if previous is not None:
+                stub.finish(previous, views)
+            previous = current
+        stub.finish(previous, views)
+
+    parent()  # warm-up (pinned-memory pool, kernels)
+    seconds = timed(parent, device, repeats)
+    unpickle = timed(lambda: [pickle.loads(b) for b in blobs], cpu, repeats)
+    report.add("pipeline parent, without forward passes", len(smiles), seconds, device=device.type,
+               us_per_mol=round(1e6 * seconds / len(smiles), 2),
+               unpickle_us_per_mol=round(1e6 * unpickle / len(smiles), 2),
+               bytes_per_mol=round(sum(map(len, blobs)) / len(smiles)))
+    n = len(smiles)
+    print(f"  -> parent {1e6 * seconds / n:.2f} us/mol (unpickling {1e6 * unpickle / n:.2f}), "
+          f"{sum(map(len, blobs)) / n:.0f} bytes/mol from the workers: the parent alone could feed "
+          f"{n / seconds:,.0f} mol/s")
+
+
 def bench_end_to_end(
     report: Report,
     smiles: list[str],
@@ -216,7 +312,12 @@ def bench_end_to_end(
     )
 
     def via_pipeline() -> None:
-        result["pipeline"] = [c.vectors["fused"] for c in pipe.run(smiles)]
+        result["pipeline"], result["first"] = [], None
+        for c in pipe.run(smiles):
+            result["pipeline"].append(c.vectors["fused"])
+            if result["first"] is None:  # pool start and pipeline fill end here
+                result["first"] = (time.perf_counter(), len(c.inputs))
+        result["end"] = time.perf_counter()
 
     report.add(
         f"end to end, overlapped pipeline [{size}], all views, {workers} workers",
@@ -224,7 +325,13 @@ def bench_end_to_end(
         timed(via_pipeline, device),
         size=size,
         device=device.type,
+        chunk_size=chunk_size,
     )
+    (first_at, first_rows), end = result["first"], result["end"]
+    if len(smiles) > first_rows and end > first_at:
+        steady = (len(smiles) - first_rows) / (end - first_at)
+        report.rows[-1]["steady_mol_per_s"] = round(steady, 1)
+        print(f"  -> after the first chunk (pool start + fill excluded): {steady:,.0f} mol/s")
     fused = np.concatenate(result["pipeline"])
     reference = result["embedder"].vectors["fused"]
     tol = 5e-2 if device.type == "cuda" else 1e-4  # bf16 on GPU; batch composition differs
@@ -245,11 +352,15 @@ def main(argv: list[str] | None = None) -> None:
         "--batch-size", type=int, default=0, help="Encoder batch (default: 1024 cuda, 256 cpu)."
     )
     parser.add_argument("--workers", type=int, default=0, help="Featurization processes (0 = all cores).")
-    parser.add_argument("--chunk-size", type=int, default=4096, help="SMILES per pipeline chunk.")
+    parser.add_argument("--chunk-size", type=int, default=2048, help="SMILES per pipeline chunk.")
+    parser.add_argument("--parts-limit", type=int, default=10_000,
+                        help="SMILES for the pipeline's worker/parent stages (default 10k).")
     parser.add_argument(
         "--repeats", type=int, default=3, help="Best-of repeats for the 1-core/encoder stages."
     )
     parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument("--pipeline-parts-only", action="store_true",
+                        help="Per size, only the pipeline's worker and parent stages (no forward passes).")
     parser.add_argument("--json", type=Path, help="Also write the results as JSON here.")
     args = parser.parse_args(argv)
 
@@ -272,10 +383,19 @@ def main(argv: list[str] | None = None) -> None:
     report = Report()
     bench_featurization(report, smiles, min(args.one_core, len(smiles)), workers, args.repeats)
     for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
-        model, graph = bench_encoders(
-            report, smiles, tokenizer, size, device, batch_size, args.repeats, workers
-        )
+        if args.pipeline_parts_only:  # no encoder forward passes at all: quick on a CPU
+            torch.manual_seed(0)
+            model = smiles_model(size, len(tokenizer)).to(device)
+            graph = GraphEncoder(GraphEncoderConfig()).eval().to(device)
+        else:
+            model, graph = bench_encoders(
+                report, smiles, tokenizer, size, device, batch_size, args.repeats, workers
+            )
         if not args.skip_end_to_end:
+            parts = smiles[: args.parts_limit]
+            bench_pipeline_parts(report, parts, SmilesView(model, tokenizer, size), GraphView(graph, "graph"),
+                                 device, batch_size, args.chunk_size, args.repeats)
+        if not (args.skip_end_to_end or args.pipeline_parts_only):
             bench_end_to_end(
                 report, smiles, model, graph, tokenizer, size, device, batch_size, workers, args.chunk_size
             )

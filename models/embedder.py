@@ -28,7 +28,7 @@ from models.featurizer import (
     MolGraph,
     collate_graphs,
     featurize_smiles,
-    mol_to_graph,
+    mols_to_packed,
 )
 from models.graph_encoder import GraphEncoder
 from models.smiles_encoder import MolFormerModel, load_smiles_encoder
@@ -248,24 +248,22 @@ class Embedder:
             if view == "smiles":
                 fresh = self.smiles.encode(todo, self.device, self.batch_size)
             else:
-                fresh = self.graph.encode(
-                    [self._graph_for(c, mols, graphs) for c in todo], self.device, self.batch_size
-                )
+                fresh = self.graph.encode(self._graphs_for(todo, mols, graphs), self.device, self.batch_size)
             table[missing] = fresh
             if self.cache is not None:
                 self.cache.set_many([(keys[j], table[j]) for j in missing])
         return table
 
-    def _graph_for(self, canonical: str, mols: dict, graphs: dict[str, MolGraph]) -> MolGraph:
-        if canonical in graphs:
-            return graphs[canonical]
-        if canonical in mols:
-            mol, source = mols[canonical]
-        else:  # embed_canonical path: parse the canonical form itself
-            unlimited = ParsePolicy(max_smiles_length=10**9, max_atoms=10**9, salt_policy="keep")
-            mol, source = parse_smiles(canonical, unlimited).mol, canonical
+    def _graphs_for(self, canonical: list[str], mols: dict, graphs: dict[str, MolGraph]) -> list[MolGraph]:
+        """Graphs of ``canonical``: already featurized ones, the rest featurized together (faster than
+        one at a time) from the parsed molecules, or parsed from the canonical form itself."""
+        todo = [c for c in canonical if c not in graphs]
+        unlimited = ParsePolicy(max_smiles_length=10**9, max_atoms=10**9, salt_policy="keep")
+        parsed = [mols[c] if c in mols else (parse_smiles(c, unlimited).mol, c) for c in todo]
         # Both texts let the featurizer skip reads they prove constant (same arrays, faster).
-        return mol_to_graph(mol, canonical, source)
+        packed = mols_to_packed([m for m, _ in parsed], todo, [source for _, source in parsed])
+        made = dict(zip(todo, packed.unpack(), strict=True))
+        return [graphs[c] if c in graphs else made[c] for c in canonical]
 
 
 def _checkpoint(given: str | Path | None, default: Path, what: str) -> Path:

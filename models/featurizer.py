@@ -12,20 +12,30 @@ other), stereo, conjugated. ``edge_index`` holds every bond twice, first in RDKi
 
 Speed. Each SMILES is parsed once (:func:`models.chemistry.parse_smiles`) for both the canonical form
 and the graph. Almost all of the graph's cost is the RDKit Python wrapper created per atom and per
-bond (about 1.5 us each) and the getter calls on it, so :func:`mol_to_graph` makes exactly one pass
-over the atoms and one over the bonds, reads only the values that can vary, and does the rest with
-numpy on whole columns:
+bond (about 1 us each) and the getter calls on it, so the featurizer makes exactly one pass over
+the atoms and one over the bonds, reads only the values that can vary, and does everything else with
+numpy on whole columns of a whole chunk of molecules at once (:class:`_ChunkRows`), so the fixed cost
+of a numpy call (about 1 us) is paid per chunk, not per molecule:
+
+* atoms and bonds are fetched by index (``GetAtomWithIdx``): RDKit's ``GetAtoms()``/``GetBonds()``
+  are pure-Python iterators costing about 1 us more per item;
+* the values go into two flat lists of numbers per chunk (no per-atom tuples kept alive, which the
+  garbage collector would rescan);
 
 * formal charge and radical electrons can only be non-zero on atoms that the canonical SMILES writes
   in brackets, chirality tags only come from ``@`` in the input, bond stereo only from ``/`` or ``\\``
   and dative bonds only from ``->``/``<-``; when the SMILES texts are given and lack those characters
   the columns are constants and are not read;
-* bond types come from one ``GetAdjacencyMatrix(useBO=True)`` call (bond order 1, 2, 3, 1.5);
-* clipping to the column ranges is one vectorised ``minimum``/``where``.
+* bond types come from ``GetBondTypeAsDouble`` (bond order 1, 2, 3, 1.5; a float getter costs far
+  less than the ``GetBondType`` enum), looked up chunk-wide; the enum is read only when a dative bond
+  (also order 1) is possible;
+* raw values go straight from the getters into one flat ``np.fromiter`` per chunk (no per-molecule
+  ``np.array`` of tuples, which converts RDKit's enum objects slowly); clipping to the column ranges,
+  degrees (``bincount`` over the bond ends) and the two-direction edge order are vectorised per chunk.
 
 The result is array-for-array identical to reading every value from every atom and bond
 (``tests/test_featurizer.py`` checks this on real molecules). Large inputs are split across worker
-processes (:func:`featurize_smiles`).
+processes (:func:`featurize_smiles`); :func:`featurize_packed` is the per-chunk entry point.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -66,7 +76,7 @@ _STEREO_MAX = BOND_FEATURE_DIMS[1] - 1
 # Bond type from RDKit's bond-type enum value: SINGLE=1, DOUBLE=2, TRIPLE=3, AROMATIC=12, else "other".
 _BOND_TYPE_BY_ENUM = np.full(64, 4, dtype=np.int64)
 _BOND_TYPE_BY_ENUM[[1, 2, 3, 12]] = [0, 1, 2, 3]
-# Bond type from twice the adjacency-matrix bond order: 1 -> single, 2 -> double, 3 -> triple, 1.5 ->
+# Bond type from twice the bond order (GetBondTypeAsDouble): 1 -> single, 2 -> double, 3 -> triple, 1.5 ->
 # aromatic; anything else (0, 2.5, 4, ...) -> "other". Only used when no dative bond can be present
 # (a dative bond also has order 1).
 _BOND_TYPE_BY_TWICE_ORDER = np.full(16, 4, dtype=np.int64)
@@ -116,66 +126,28 @@ class _Reads:
         )
 
 
-def _atom_rows(mol: Chem.Mol, reads: _Reads) -> list[tuple]:
-    """Raw atom values in ``ATOM_FEATURES`` order, degree left 0 (it is counted from the bonds); one
-    wrapper and only the needed getters per atom."""
-    if reads.charge_radicals or reads.chirality:
-        return [
-            (a.GetAtomicNum(), a.GetChiralTag(), 0, a.GetFormalCharge() + _FORMAL_CHARGE_OFFSET,
-             a.GetTotalNumHs(), a.GetNumRadicalElectrons(), a.GetHybridization(), a.GetIsAromatic(),
-             a.IsInRing())
-            for a in mol.GetAtoms()
-        ]
-    return [
-        (a.GetAtomicNum(), 0, 0, _FORMAL_CHARGE_OFFSET, a.GetTotalNumHs(), 0,
-         a.GetHybridization(), a.GetIsAromatic(), a.IsInRing())
-        for a in mol.GetAtoms()
-    ]
+def mols_to_packed(mols: Sequence[Chem.Mol], canonical: Sequence[str | None] | None = None,
+                   sources: Sequence[str | None] | None = None) -> PackedGraphs:
+    """Featurize many sanitized molecules into one :class:`PackedGraphs` (the fast path).
 
-
-def _bond_rows(mol: Chem.Mol, reads: _Reads) -> np.ndarray:
-    """int64 ``[num_bonds, 5]``: begin, end, bond type index, stereo (raw), conjugated."""
-    if reads.dative:
-        rows = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx(), b.GetBondType(),
-                 b.GetStereo() if reads.bond_stereo else 0, b.GetIsConjugated()) for b in mol.GetBonds()]
-        bonds = np.array(rows, dtype=np.int64).reshape(-1, 5)
-        bonds[:, 2] = _BOND_TYPE_BY_ENUM[np.minimum(bonds[:, 2], len(_BOND_TYPE_BY_ENUM) - 1)]
-        return bonds
-    if reads.bond_stereo:
-        rows = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx(), 0, b.GetStereo(), b.GetIsConjugated())
-                for b in mol.GetBonds()]
-    else:
-        rows = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx(), 0, 0, b.GetIsConjugated()) for b in mol.GetBonds()]
-    bonds = np.array(rows, dtype=np.int64).reshape(-1, 5)
-    twice_order = (2.0 * Chem.GetAdjacencyMatrix(mol, useBO=True)[bonds[:, 0], bonds[:, 1]]).astype(np.int64)
-    bonds[:, 2] = _BOND_TYPE_BY_TWICE_ORDER[np.minimum(twice_order, len(_BOND_TYPE_BY_TWICE_ORDER) - 1)]
-    return bonds
+    ``canonical[i]`` (``Chem.MolToSmiles(mols[i])``) and ``sources[i]`` (the SMILES it was parsed
+    from) let the featurizer skip values that those texts prove constant; give both or neither.
+    """
+    rows = _ChunkRows()
+    for i, mol in enumerate(mols):
+        texts = (None, None) if canonical is None or sources is None else (canonical[i], sources[i])
+        rows.add(mol, _Reads.from_texts(*texts))
+    return rows.pack()
 
 
 def mol_to_graph(mol: Chem.Mol, canonical: str | None = None, source: str | None = None) -> MolGraph:
-    """Featurize a sanitized RDKit molecule.
+    """Featurize one sanitized RDKit molecule.
 
     ``canonical`` (``Chem.MolToSmiles(mol)``) and ``source`` (the SMILES ``mol`` was parsed from) let
     the featurizer skip values that those texts prove constant; give both or neither. The arrays are
-    the same either way.
+    the same either way. For many molecules :func:`mols_to_packed` is faster.
     """
-    reads = _Reads.from_texts(canonical, source)
-    x = np.array(_atom_rows(mol, reads), dtype=np.int64).reshape(-1, len(ATOM_FEATURES))
-    if mol.GetNumBonds() == 0:
-        bonds = np.zeros((0, 5), np.int64)
-    else:
-        bonds = _bond_rows(mol, reads)
-        if reads.bond_stereo:
-            np.minimum(bonds[:, 3], _STEREO_MAX, out=bonds[:, 3])
-    ends = bonds[:, :2]
-    x[:, 2] = np.bincount(ends.ravel(), minlength=x.shape[0])  # degree = bonds per atom
-    if reads.charge_radicals or reads.chirality:  # raw values may be negative: those go to "other" too
-        x = np.where((x < 0) | (x > _ATOM_MAX), _ATOM_MAX, x)
-    else:
-        np.minimum(x, _ATOM_MAX, out=x)
-    edge_index = np.ascontiguousarray(np.concatenate([ends, ends[:, ::-1]]).T)
-    attr = bonds[:, 2:]
-    return MolGraph(x, edge_index, np.concatenate([attr, attr]))
+    return mols_to_packed([mol], [canonical], [source]).unpack()[0]
 
 
 @dataclass(slots=True)
@@ -188,18 +160,44 @@ class FeaturizedMolecule:
     graph: MolGraph | None
 
 
+def featurize_packed(
+    chunk: Sequence[object], policy: ParsePolicy = ParsePolicy(), graphs: bool = True
+) -> tuple[list[str | None], list[str | None], PackedGraphs]:
+    """Parse, canonicalise and featurize a chunk: canonical SMILES and errors per input, and the valid
+    rows' graphs (in row order) as one :class:`PackedGraphs`. Each SMILES is parsed once.
+    ``graphs=False`` only parses (the packed graphs are then empty)."""
+    canonical: list[str | None] = []
+    errors: list[str | None] = []
+    rows = _ChunkRows()
+    for raw in chunk:
+        parsed: ParsedMolecule = parse_smiles(raw, policy)
+        canonical.append(parsed.canonical)
+        errors.append(parsed.error)
+        if graphs and parsed.mol is not None:
+            rows.add(parsed.mol, _Reads.from_texts(parsed.canonical, parsed.input))
+    return canonical, errors, rows.pack()
+
+
 def featurize_one(smiles: object, policy: ParsePolicy = ParsePolicy()) -> FeaturizedMolecule:
     """Parse, canonicalise and featurize one SMILES (RDKit parses it once)."""
-    parsed: ParsedMolecule = parse_smiles(smiles, policy)
-    if parsed.mol is None:
-        return FeaturizedMolecule(parsed.input, None, parsed.error, None)
-    graph = mol_to_graph(parsed.mol, parsed.canonical, parsed.input)
-    return FeaturizedMolecule(parsed.input, parsed.canonical, None, graph)
+    return featurize_chunk([smiles], policy)[0]
 
 
 def featurize_chunk(chunk: Sequence[object], policy: ParsePolicy = ParsePolicy()) -> list[FeaturizedMolecule]:
-    """Featurize a list in the calling process (the unit of work of the process pools)."""
-    return [featurize_one(s, policy) for s in chunk]
+    """Featurize a list in the calling process, one :class:`FeaturizedMolecule` per input."""
+    canonical, errors, packed = featurize_packed(chunk, policy)
+    return _unpacked(_inputs(chunk), canonical, errors, packed)
+
+
+def _inputs(chunk: Sequence[object]) -> list[str]:
+    return [s if isinstance(s, str) else str(s) for s in chunk]
+
+
+def _unpacked(inputs: list[str], canonical: list[str | None], errors: list[str | None],
+              packed: PackedGraphs) -> list[FeaturizedMolecule]:
+    graphs = iter(packed.unpack())
+    return [FeaturizedMolecule(i, c, e, None if e is not None else next(graphs))
+            for i, c, e in zip(inputs, canonical, errors, strict=True)]
 
 
 @dataclass(slots=True)
@@ -241,12 +239,96 @@ class PackedGraphs:
         ]
 
 
-def _featurize_packed(args: tuple[list[object], ParsePolicy]) -> tuple[list, list, list, PackedGraphs]:
-    """Worker side of :func:`featurize_smiles`: featurize a chunk and pack its graphs."""
+@dataclass(slots=True)
+class _ChunkRows:
+    """Raw per-atom/per-bond values of many molecules, collected in one pass before any numpy work."""
+
+    # flat values, ATOM_FEATURES order per atom (degree 0, charge offset added)
+    atoms: list[int] = field(default_factory=list)
+    # flat values per bond: begin, end, bond-type code, stereo (raw), conjugated; the code is twice the
+    # bond order (>= 0) or, when dative bonds are possible, -1 - the bond-type enum value
+    bonds: list[float] = field(default_factory=list)
+    num_atoms: list[int] = field(default_factory=list)
+    num_bonds: list[int] = field(default_factory=list)
+    any_signed: bool = False  # some atom values were read that can be negative (charge, chirality)
+    any_dative: bool = False  # some bond-type codes are enum values
+
+    def add(self, mol: Chem.Mol, reads: _Reads) -> None:
+        # Atoms and bonds by index: RDKit's ``GetAtoms()``/``GetBonds()`` are pure-Python iterators
+        # (several Python calls and two extra RDKit calls per item), about 1 us per item more.
+        n_atoms, n_bonds = mol.GetNumAtoms(), mol.GetNumBonds()
+        atom, bond = mol.GetAtomWithIdx, mol.GetBondWithIdx
+        atoms = self.atoms  # one flat list of ints: no per-atom tuple outlives this loop
+        if reads.charge_radicals or reads.chirality:
+            self.any_signed = True
+            for i in range(n_atoms):
+                a = atom(i)
+                atoms += (a.GetAtomicNum(), a.GetChiralTag(), 0, a.GetFormalCharge() + _FORMAL_CHARGE_OFFSET,
+                          a.GetTotalNumHs(), a.GetNumRadicalElectrons(), a.GetHybridization(),
+                          a.GetIsAromatic(), a.IsInRing())
+        else:
+            for i in range(n_atoms):
+                a = atom(i)
+                atoms += (a.GetAtomicNum(), 0, 0, _FORMAL_CHARGE_OFFSET, a.GetTotalNumHs(), 0,
+                          a.GetHybridization(), a.GetIsAromatic(), a.IsInRing())
+        bonds = self.bonds
+        if reads.dative:  # bond-type enum read, stored as -1 - value (a dative bond's order is 1, too)
+            self.any_dative = True
+            stereo = reads.bond_stereo
+            for i in range(n_bonds):
+                b = bond(i)
+                bonds += (b.GetBeginAtomIdx(), b.GetEndAtomIdx(), -1 - b.GetBondType(),
+                          b.GetStereo() if stereo else 0, b.GetIsConjugated())
+        elif reads.bond_stereo:  # else twice the bond order (1, 2, 3, 1.5 -> 2, 4, 6, 3)
+            for i in range(n_bonds):
+                b = bond(i)
+                bonds += (b.GetBeginAtomIdx(), b.GetEndAtomIdx(), b.GetBondTypeAsDouble(), b.GetStereo(),
+                          b.GetIsConjugated())
+        else:
+            for i in range(n_bonds):
+                b = bond(i)
+                bonds += (b.GetBeginAtomIdx(), b.GetEndAtomIdx(), b.GetBondTypeAsDouble(), 0,
+                          b.GetIsConjugated())
+        self.num_atoms.append(n_atoms)
+        self.num_bonds.append(n_bonds)
+
+    def pack(self) -> PackedGraphs:
+        """All molecules' arrays at once: clipping, bond types, degrees and edge order vectorised."""
+        n_atoms = np.array(self.num_atoms, dtype=np.int64)
+        n_bonds = np.array(self.num_bonds, dtype=np.int64)
+        x = np.fromiter(self.atoms, np.int64, len(self.atoms)).reshape(-1, len(ATOM_FEATURES))
+        raw = np.fromiter(self.bonds, np.float64, len(self.bonds)).reshape(-1, 5)
+        bonds = raw.astype(np.int64)
+        # degree = bonds per atom, counted on chunk-wide atom numbers
+        ends = bonds[:, :2] + np.repeat(np.cumsum(n_atoms) - n_atoms, n_bonds)[:, None]
+        x[:, 2] = np.bincount(ends.ravel(), minlength=x.shape[0])
+        if self.any_signed:  # raw values may be negative: those go to "other" too
+            x = np.where((x < 0) | (x > _ATOM_MAX), _ATOM_MAX, x)
+        else:
+            np.minimum(x, _ATOM_MAX, out=x)
+        twice = np.minimum(2.0 * raw[:, 2], len(_BOND_TYPE_BY_TWICE_ORDER) - 1).astype(np.int64)
+        if self.any_dative:
+            enum = np.clip(-1 - bonds[:, 2], 0, len(_BOND_TYPE_BY_ENUM) - 1)
+            bonds[:, 2] = np.where(raw[:, 2] < 0, _BOND_TYPE_BY_ENUM[enum],
+                                   _BOND_TYPE_BY_TWICE_ORDER[np.maximum(twice, 0)])
+        else:
+            bonds[:, 2] = _BOND_TYPE_BY_TWICE_ORDER[twice]
+        np.minimum(bonds[:, 3], _STEREO_MAX, out=bonds[:, 3])
+        # each graph's edges: its bonds begin -> end, then the same bonds end -> begin
+        first = np.arange(len(bonds)) + np.repeat(np.cumsum(n_bonds) - n_bonds, n_bonds)
+        second = first + np.repeat(n_bonds, n_bonds)
+        edge_index = np.empty((2, 2 * len(bonds)), dtype=np.int64)
+        edge_index[:, first] = bonds[:, :2].T
+        edge_index[:, second] = bonds[:, 1::-1].T
+        edge_attr = np.empty((2 * len(bonds), len(BOND_FEATURES)), dtype=np.int64)
+        edge_attr[first] = edge_attr[second] = bonds[:, 2:]
+        return PackedGraphs(n_atoms, 2 * n_bonds, x, edge_index, edge_attr)
+
+
+def _featurize_packed(args: tuple[list[object], ParsePolicy]) -> tuple[list, list, PackedGraphs]:
+    """Worker side of :func:`featurize_smiles`."""
     chunk, policy = args
-    items = featurize_chunk(chunk, policy)
-    return ([f.input for f in items], [f.canonical for f in items], [f.error for f in items],
-            PackedGraphs.pack([f.graph for f in items if f.graph is not None]))
+    return featurize_packed(chunk, policy)
 
 
 def _chunks(items: Sequence[object], size: int) -> Iterator[list[object]]:
@@ -273,12 +355,11 @@ def featurize_smiles(
         return featurize_chunk(smiles, policy)
     out: list[FeaturizedMolecule] = []
     with ProcessPoolExecutor(max_workers=n_workers) as pool:
-        for inputs, canonical, errors, packed in pool.map(
-            _featurize_packed, ((c, policy) for c in _chunks(smiles, chunk_size))
+        chunks = list(_chunks(smiles, chunk_size))
+        for chunk, (canonical, errors, packed) in zip(
+            chunks, pool.map(_featurize_packed, ((c, policy) for c in chunks)), strict=True
         ):
-            graphs = iter(packed.unpack())
-            out.extend(FeaturizedMolecule(i, c, e, None if e is not None else next(graphs))
-                       for i, c, e in zip(inputs, canonical, errors, strict=True))
+            out.extend(_unpacked(_inputs(chunk), canonical, errors, packed))
     return out
 
 
@@ -309,3 +390,54 @@ def collate_graphs(graphs: Sequence[MolGraph]) -> Batch:
     )
     batch._num_graphs = len(graphs)  # what torch-geometric's own collation sets
     return batch
+
+
+@dataclass(slots=True)
+class CollatedGraphs:
+    """A batch of graphs in compact dtypes, ready to copy to a device and widen there.
+
+    ``x``/``edge_attr`` are uint8 (every feature index is below 256), ``edge_index`` is int32 and uses
+    batch-wide node numbers; :meth:`to_batch` gives the torch-geometric ``Batch`` of :func:`collate_graphs`.
+    """
+
+    x: np.ndarray  # uint8 [sum atoms, len(ATOM_FEATURES)]
+    edge_index: np.ndarray  # int32 [2, sum edges]
+    edge_attr: np.ndarray  # uint8 [sum edges, len(BOND_FEATURES)]
+    num_atoms: np.ndarray  # int64 [n_graphs]
+
+    def to_batch(self) -> Batch:
+        import torch
+        from torch_geometric.data import Batch
+
+        sizes = torch.from_numpy(self.num_atoms)
+        batch = Batch(
+            x=torch.from_numpy(self.x).long(),
+            edge_index=torch.from_numpy(self.edge_index).long(),
+            edge_attr=torch.from_numpy(self.edge_attr).long(),
+            batch=torch.repeat_interleave(torch.arange(len(sizes)), sizes),
+            ptr=torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sizes, 0)]),
+        )
+        batch._num_graphs = len(sizes)
+        return batch
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + n)`` for each pair, without a Python loop."""
+    shift = starts - (np.cumsum(lengths) - lengths)
+    return np.repeat(shift, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
+def collate_packed(packed: PackedGraphs, idx: np.ndarray) -> CollatedGraphs:
+    """Graphs ``idx`` of ``packed`` (in that order) as one compact batch, vectorised."""
+    atom_start = np.cumsum(packed.num_atoms) - packed.num_atoms
+    edge_start = np.cumsum(packed.num_edges) - packed.num_edges
+    n_atoms, n_edges = packed.num_atoms[idx], packed.num_edges[idx]
+    atoms = _ranges(atom_start[idx], n_atoms)
+    edges = _ranges(edge_start[idx], n_edges)
+    node_offset = np.repeat(np.cumsum(n_atoms) - n_atoms, n_edges)
+    return CollatedGraphs(
+        x=packed.x[atoms].astype(np.uint8),
+        edge_index=(packed.edge_index[:, edges] + node_offset).astype(np.int32),
+        edge_attr=packed.edge_attr[edges].astype(np.uint8),
+        num_atoms=n_atoms,
+    )

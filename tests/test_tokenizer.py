@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from models.tokenizer import (
     SPECIAL_ORDER,
+    RegexTokenizer,
     build_tokenizer,
     build_vocab,
     load_tokenizer,
@@ -84,3 +87,29 @@ def test_save_load_hf_format_gives_identical_ids(
     assert loaded(sample)["input_ids"] == bbbp_tokenizer(sample)["input_ids"]
     assert loaded.get_vocab() == bbbp_tokenizer.get_vocab()
     assert (loaded.pad_token, loaded.mask_token, loaded.model_max_length) == ("<pad>", "<mask>", 512)
+
+
+def test_regex_tokenizer_gives_the_fast_tokenizers_ids(data_dir: Path, bbbp_tokenizer) -> None:
+    """The pipeline workers' tokenizer: identical ids (incl. <unk>, gaps outside the grammar and
+    truncation) to ``tokenizer(texts, truncation=True, max_length=...)`` on thousands of molecules."""
+    moses = pd.read_csv(data_dir / "pretrain" / "moses_test.csv.gz", nrows=3000)["SMILES"].tolist()
+    tox = pd.read_csv(data_dir / "moleculenet" / "tox21.csv", usecols=["smiles"])["smiles"].tolist()[:2000]
+    texts = moses + tox + ["C" * 600, "c1ccccc1" * 70, "C<-[Fe]", "C1CC1|C", "[Se]1C=CC=C1"]
+    for max_length in (512, 40):
+        fast = RegexTokenizer.from_fast_tokenizer(bbbp_tokenizer, max_length)
+        assert fast is not None
+        want = bbbp_tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        flat, lengths = fast.encode_flat(texts)
+        assert flat.dtype == np.int32 and lengths.tolist() == [len(w) for w in want]
+        assert flat.tolist() == [i for w in want for i in w]
+        assert any(bbbp_tokenizer.unk_token_id in w for w in want)  # unknown pieces really covered
+        assert max(lengths) == max_length
+
+
+def test_regex_tokenizer_refuses_a_tokenizer_with_other_ids(bbbp_tokenizer) -> None:
+    other = build_tokenizer(["CCO"])
+    other.backend_tokenizer.post_processor = bbbp_tokenizer.backend_tokenizer.post_processor  # same template
+    from tokenizers import pre_tokenizers
+
+    other.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # a different split
+    assert RegexTokenizer.from_fast_tokenizer(other, 512) is None
