@@ -68,7 +68,10 @@ class Settings(BaseSettings):
     microbatch_max_wait_ms: float = Field(default=2.0, ge=0, description="Micro-batcher max wait.")
     memo_items: int = Field(
         default=100_000, ge=0,
-        description="Service memos: remembered SMILES validations and head outputs per molecule (0 = off).",
+        description=(
+            "Service memos: remembered SMILES validations, head outputs and serialized /v1/predict items "
+            "(one unit per head per molecule; 0 = off, which also turns off the predict fast path)."
+        ),
     )
     log_level: str = Field(default="INFO", description="Log level for structured (JSON) logs.")
     log_json: bool = Field(default=True, description="Emit one JSON object per log line.")
