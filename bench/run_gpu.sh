@@ -30,12 +30,12 @@ for s in $STEPS; do
         --limit 50000 --one-core 3000 --repeats 3 --parts-limit 10000 --json "$RESULT/embed.json" ;;
     serve)
       step serve "${SERVE_S:-200}" python3 bench/serve_load.py --device cuda --encoders default --data-dir "$DATA" \
-        --duration 3 --warmup 0.5 --out "$RESULT/serve.json" ;;
+        --duration 3 --warmup 0.5 ${SERVE_ARGS:-} --out "$RESULT/serve.json" ;;
     recommend)
       # The recommendation as a user runs it (default options), cold (catalog embedded on the GPU) then
       # warm (catalog embeddings read from the cache). Sets not carried are left out of the catalog.
       skip=bace,hiv,muv,qm8,qm9,aqsoldb
-      for phase in cold warm; do
+      for phase in ${RECOMMEND_PHASES:-cold warm}; do
         step "recommend" "${RECOMMEND_S:-150}" python3 -m app.cli recommend "$DATA/moleculenet/bace.csv" \
           --targets Class --catalog "$DATA" --exclude "$skip" -o "/tmp/recommend/$phase.json"
         cp "/tmp/recommend/$phase.json" "$RESULT/recommend_$phase.json"  # not its PNG: 8 files come back
