@@ -425,10 +425,12 @@ async def execute(
         )
         raise
     except Exception as exc:
+        from grouping.catalog import CatalogError
         from grouping.target import TargetError
 
-        reason = str(exc) if isinstance(exc, TargetError) else f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, TargetError):
+        expected = isinstance(exc, TargetError | CatalogError)  # the user's input or catalog, not a bug
+        reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+        if not expected:
             log.exception("recommendation job failed", extra={"job": job_id})
         await store.transition(job_id, ("running",), status="failed", error=reason, finished_at=time.time())
         return "failed"

@@ -22,7 +22,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdFingerprintGenerator
 
-from grouping.catalog import CatalogEntry, load_dataset
+from grouping.catalog import CatalogEntry, CatalogError, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ def catalog_features(
     seed: int = 0,
 ) -> SetFeatures:
     """Features of one catalog set (subsampled to ``max_rows`` with ``seed``), cached on disk."""
+    if not entry.path(catalog_dir).exists():
+        raise CatalogError(f"{entry.name}: file not found: {entry.path(catalog_dir)}")
     file = None
     if cache_dir is not None:
         key = cache_key(entry, catalog_dir, embedder.versions, max_rows, seed)
@@ -193,11 +195,22 @@ def load_catalog_features(
     max_rows: int | None,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> dict[str, SetFeatures]:
-    """Features for every entry, in order; ``progress(name, done, total)`` after each set."""
+    """Features for every entry, in order; ``progress(name, done, total)`` after each set.
+
+    A set whose file is missing or unreadable raises :class:`~grouping.catalog.CatalogError`, unless
+    ``skipped`` is given: then the set is left out and ``skipped[name]`` says why.
+    """
     out: dict[str, SetFeatures] = {}
     for i, entry in enumerate(entries):
-        out[entry.name] = catalog_features(entry, catalog_dir, embedder, cache_dir, max_rows, seed)
+        try:
+            out[entry.name] = catalog_features(entry, catalog_dir, embedder, cache_dir, max_rows, seed)
+        except CatalogError as exc:
+            if skipped is None:
+                raise
+            skipped[entry.name] = str(exc)
+            log.warning("catalog set skipped", extra={"dataset": entry.name, "reason": str(exc)})
         if progress is not None:
             progress(entry.name, i + 1, len(entries))
     return out

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fusion.training import scaffold_split
-from grouping.catalog import CatalogEntry
+from grouping.catalog import CatalogEntry, CatalogError
 from grouping.evidence import group_evidence
 from grouping.features import SetFeatures, featurize, load_catalog_features
 from grouping.methods import METHODS, score_candidates
@@ -106,6 +106,7 @@ def recommend(
     tgt = target_features(target, embedder)
     rejected = len(target.smiles) - len(tgt)
     load = _phase(progress, 0.05, 0.35)
+    skipped: dict[str, str] = {}
     feats = load_catalog_features(
         entries,
         catalog_dir,
@@ -113,7 +114,11 @@ def recommend(
         cache_dir,
         options.max_aux_rows,
         progress=lambda name, i, n: load(i / n, f"catalog {name} ({i}/{n})"),
+        skipped=skipped,
     )
+    if not feats:
+        reasons = "; ".join(skipped.values()) or "the catalog is empty"
+        raise CatalogError(f"no usable auxiliary data set in the catalog ({reasons})")
     train, _val, _test = scaffold_split(tgt.smiles, options.split_seed)
     rows = score_candidates(
         options.method,
@@ -158,6 +163,7 @@ def recommend(
         "candidates": rows,
         "recommended_group": group,
         "withheld_group": withheld,
+        "skipped_candidates": skipped,
         "evidence": evidence,
         "settings": options.to_json(),
         "encoders": embedder.versions,

@@ -367,6 +367,31 @@ def test_recommend_result_schema(
     assert result["settings"]["routing"]["rounds"] == FAST_ROUTING.rounds and result["wall_time_s"] > 0
 
 
+def test_recommend_skips_a_catalog_set_whose_file_is_missing(
+    small_catalog, data_dir: Path, bbbp_frame: pd.DataFrame, tiny_embedder, tmp_path: Path
+) -> None:
+    """One unusable catalog file leaves that set out (and says why); it does not fail the request."""
+    import shutil
+
+    from grouping.catalog import CatalogError
+
+    entries, cache, _ = small_catalog
+    partial = tmp_path / "catalog"
+    missing = entries[0]
+    for entry in entries[1:]:
+        dest = entry.path(partial)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(entry.path(data_dir), dest)
+    target = _parse(_csv(bbbp_frame.head(120)))
+    options = RecommendOptions(method="structure", max_aux_rows=120, evidence_seeds=0, top_k=1)
+    result = recommend(target, entries, partial, tiny_embedder, cache, options)
+    assert list(result["skipped_candidates"]) == [missing.name]
+    assert "file not found" in result["skipped_candidates"][missing.name]
+    assert sorted(r["dataset"] for r in result["candidates"]) == sorted(e.name for e in entries[1:])
+    with pytest.raises(CatalogError, match="no usable auxiliary data set"):
+        recommend(target, entries, tmp_path / "empty", tiny_embedder, cache, options)
+
+
 def test_recommend_cli_writes_json_and_chart(
     tiny_env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bbbp_frame: pd.DataFrame
 ) -> None:

@@ -130,6 +130,7 @@ def register(cli: typer.Typer) -> None:
     ) -> None:
         """Recommend auxiliary data sets to train TARGET_CSV's property with, with scores and evidence."""
         from app.jobs import grouping_cache_dir, recommendation_options, shared_embedder
+        from grouping.catalog import CatalogError
         from grouping.methods import METHODS
         from grouping.plot import plot_scores
         from grouping.recommend import recommend
@@ -167,15 +168,18 @@ def register(cli: typer.Typer) -> None:
                 bar.set_postfix_str(message[:40])
                 bar.update(max(0, int(round(fraction * 100)) - bar.n))
 
-            result = recommend(
-                target,
-                entries,
-                catalog or settings.data_dir,
-                embedder,
-                grouping_cache_dir(settings),
-                options,
-                progress,
-            )
+            try:
+                result = recommend(
+                    target,
+                    entries,
+                    catalog or settings.data_dir,
+                    embedder,
+                    grouping_cache_dir(settings),
+                    options,
+                    progress,
+                )
+            except CatalogError as exc:
+                raise _fail(f"--catalog: {exc}") from exc
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(result, indent=2))
         chart = plot_scores(result, output.with_suffix(".png"))
