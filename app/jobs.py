@@ -312,8 +312,8 @@ class RedisJobStore:
 
 
 def build_store(settings: Settings) -> JobStore:
-    if settings.redis_url:
-        return RedisJobStore(settings.redis_url, settings.job_ttl_s, settings.job_lease_s)
+    if settings.jobs_redis:
+        return RedisJobStore(settings.jobs_redis, settings.job_ttl_s, settings.job_lease_s)
     return MemoryJobStore()
 
 
@@ -535,8 +535,8 @@ class JobService:
     @classmethod
     async def create(cls, settings: Settings, body=None) -> JobService:
         store = build_store(settings)
-        if settings.redis_url:
-            return cls(store, await ArqQueue.connect(settings.redis_url), settings)
+        if settings.jobs_redis:
+            return cls(store, await ArqQueue.connect(settings.jobs_redis), settings)
         return cls(store, InProcessRunner(store, settings, body), settings)
 
     async def submit(self, params: dict, payload: bytes) -> dict:
@@ -586,11 +586,14 @@ def worker_settings(settings: Settings) -> dict:
     """arq worker configuration; arq's own timeout sits above ours so ours reports first."""
     from arq.connections import RedisSettings
 
-    if not settings.redis_url:
-        raise ValueError("molfusion worker needs MOLFUSION_REDIS_URL (jobs run in-process without Redis)")
+    if not settings.jobs_redis:
+        raise ValueError(
+            "molfusion worker needs MOLFUSION_JOBS_REDIS_URL or MOLFUSION_REDIS_URL "
+            "(jobs run in-process without Redis)"
+        )
     return {
         "functions": [recommendation_job],
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_settings": RedisSettings.from_dsn(settings.jobs_redis),
         "queue_name": QUEUE_NAME,
         "on_startup": _worker_startup,
         "on_shutdown": _worker_shutdown,

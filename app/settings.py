@@ -47,7 +47,17 @@ class Settings(BaseSettings):
     )
 
     # --- embedding cache ---
-    redis_url: str | None = Field(default=None, description="Redis URL; unset = in-process LRU cache.")
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL; unset = in-process LRU cache (and in-process jobs unless jobs_redis_url).",
+    )
+    jobs_redis_url: str | None = Field(
+        default=None,
+        description=(
+            "Redis for recommendation jobs and their queue; unset = redis_url. Set it to keep jobs out of "
+            "an evicting (allkeys-lru) cache instance."
+        ),
+    )
     cache_max_items: int = Field(default=200_000, ge=0, description="In-process LRU capacity (vectors).")
     cache_ttl_s: int | None = Field(default=None, ge=1, description="Redis TTL for cached vectors.")
     cache_dtype: Literal["float16", "float32"] = Field(default="float16", description="Stored precision.")
@@ -99,6 +109,11 @@ class Settings(BaseSettings):
     job_lease_s: int = Field(
         default=30, ge=3, description="A running job whose worker sent no heartbeat for this long is failed."
     )
+
+    @property
+    def jobs_redis(self) -> str | None:
+        """The Redis that holds recommendation jobs: ``jobs_redis_url``, else ``redis_url``."""
+        return self.jobs_redis_url or self.redis_url
 
 
 @lru_cache(maxsize=1)

@@ -273,4 +273,29 @@ def test_worker_needs_redis(jobs_env: Settings) -> None:
     from app.cli import cli
 
     out = CliRunner().invoke(cli, ["worker", "--burst"])
-    assert out.exit_code == 2 and "MOLFUSION_REDIS_URL" in out.output
+    assert out.exit_code == 2
+    assert "MOLFUSION_REDIS_URL" in out.output and "MOLFUSION_JOBS_REDIS_URL" in out.output
+
+
+def test_jobs_can_use_their_own_redis() -> None:
+    """MOLFUSION_JOBS_REDIS_URL puts jobs in Redis while the embedding cache stays in-process."""
+    import asyncio
+
+    from app.jobs import InProcessRunner, MemoryJobStore, RedisJobStore, build_store, worker_settings
+
+    own = Settings(jobs_redis_url=REDIS_URL)
+    assert own.redis_url is None and own.jobs_redis == REDIS_URL
+    assert isinstance(build_store(own), RedisJobStore)
+    assert worker_settings(own)["redis_settings"].database == 13
+    shared = Settings(redis_url="redis://127.0.0.1:6379/12")
+    assert shared.jobs_redis == "redis://127.0.0.1:6379/12"
+    none = Settings()
+    assert none.jobs_redis is None and isinstance(build_store(none), MemoryJobStore)
+
+    async def queue_kind(settings: Settings) -> type:
+        service = await JobService.create(settings)
+        kind = type(service.queue)
+        await service.close()
+        return kind
+
+    assert asyncio.run(queue_kind(own)) is not InProcessRunner
