@@ -16,10 +16,11 @@ import csv
 import gzip
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from rdkit import Chem
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 PRETRAIN_FOLDER = "pretrain"
 CORPUS_COLUMN = "SMILES"
 _CHUNK = 4096
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,17 +70,22 @@ def _keys_chunk(chunk: list[object]) -> list[MoleculeKeys]:
     return [molecule_keys(s) for s in chunk]
 
 
+def map_chunks(
+    fn: Callable[[list], T], items: Sequence, workers: int = 0, chunk_size: int = _CHUNK
+) -> list[T]:
+    """``fn`` of every consecutive chunk of ``items``, in order, over ``workers`` processes (0 = all
+    cores); inputs shorter than two chunks stay in the calling process, as one chunk."""
+    n_workers = workers or (os.cpu_count() or 1)
+    if n_workers <= 1 or len(items) < 2 * chunk_size:
+        return [fn(list(items))]
+    chunks = [list(items[i : i + chunk_size]) for i in range(0, len(items), chunk_size)]
+    with ProcessPoolExecutor(max_workers=n_workers) as pool:
+        return list(pool.map(fn, chunks))
+
+
 def keys_for(smiles: Sequence[object], workers: int = 0) -> list[MoleculeKeys]:
     """Row-aligned :class:`MoleculeKeys`, computed in ``workers`` processes (0 = all cores)."""
-    n_workers = workers or (os.cpu_count() or 1)
-    if n_workers <= 1 or len(smiles) < 2 * _CHUNK:
-        return _keys_chunk(list(smiles))
-    chunks = [list(smiles[i : i + _CHUNK]) for i in range(0, len(smiles), _CHUNK)]
-    out: list[MoleculeKeys] = []
-    with ProcessPoolExecutor(max_workers=n_workers) as pool:
-        for part in pool.map(_keys_chunk, chunks):
-            out.extend(part)
-    return out
+    return [keys for part in map_chunks(_keys_chunk, smiles, workers) for keys in part]
 
 
 def reference_tables(data_dir: Path) -> list[tuple[Path, str]]:

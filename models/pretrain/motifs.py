@@ -14,10 +14,11 @@ Labels are computed once per corpus molecule on the CPU (parallel over processes
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from functools import cache
 
 import numpy as np
+
+from models.pretrain.corpus import map_chunks
 
 CHUNK = 4096
 
@@ -49,8 +50,8 @@ def motif_row(smiles: str) -> np.ndarray:
     return row
 
 
-def _chunk_labels(chunk: Sequence[str]) -> np.ndarray:
-    if not chunk:
+def _chunk_labels(chunk: list[str]) -> np.ndarray:
+    if not chunk:  # an empty input is one empty chunk
         return np.zeros((0, len(motif_functions())), dtype=np.uint8)
     return np.stack([motif_row(s) for s in chunk])
 
@@ -58,15 +59,7 @@ def _chunk_labels(chunk: Sequence[str]) -> np.ndarray:
 def motif_labels(smiles: Sequence[str], workers: int = 0, chunk_size: int = CHUNK) -> np.ndarray:
     """``uint8 [len(smiles), n_motifs]`` presence matrix, row-aligned with ``smiles``.
 
-    ``workers > 1`` splits the work in chunks of ``chunk_size`` over that many processes (order is
-    preserved).
+    Chunks of ``chunk_size`` go to ``workers`` processes (0 = all cores; order is preserved), as in
+    :func:`models.pretrain.corpus.map_chunks`.
     """
-    chunks = [list(smiles[i:i + chunk_size]) for i in range(0, len(smiles), chunk_size)]
-    if workers > 1 and len(chunks) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(_chunk_labels, chunks))
-    else:
-        parts = [_chunk_labels(c) for c in chunks]
-    if not parts:
-        return np.zeros((0, len(motif_functions())), dtype=np.uint8)
-    return np.concatenate(parts)
+    return np.concatenate(map_chunks(_chunk_labels, smiles, workers, chunk_size))

@@ -100,8 +100,6 @@ def pretrain_graph(
     Objectives: masked atom and bond attributes, plus (``motifs=True``) functional-group presence
     predicted from the molecule embedding (``models.pretrain.motifs``).
     """
-    import os
-
     from models.featurizer import featurize_smiles
     from models.graph_encoder import GraphEncoderConfig
     from models.pretrain.graph_ssl import GraphCorpus, GraphMaskingTask
@@ -118,8 +116,7 @@ def pretrain_graph(
     del featurized, graphs
     motif_matrix = None
     if motifs:
-        procs = workers if workers > 0 else (os.cpu_count() or 1)
-        motif_matrix = torch.from_numpy(motif_labels(canonical, workers=procs))
+        motif_matrix = torch.from_numpy(motif_labels(canonical, workers=workers))
     del canonical
     prep_s = time.monotonic() - t0
     config = GraphEncoderConfig(**(model_overrides or {}))
