@@ -27,32 +27,39 @@ V = TypeVar("V")
 
 
 class LRUMemo(Generic[K, V]):
-    """Thread-safe least-recently-used map holding at most ``max_items`` entries (0 = disabled)."""
+    """Thread-safe least-recently-used map whose entries weigh at most ``max_items`` together
+    (0 = disabled). An entry weighs 1 unless :meth:`put_many` is given another ``weight``."""
 
     def __init__(self, max_items: int) -> None:
         self.max_items = max_items
-        self._data: OrderedDict[K, V] = OrderedDict()
+        self._data: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._weight = 0
         self._lock = threading.Lock()
 
     def get_many(self, keys: Sequence[K]) -> list[V | None]:
         out: list[V | None] = []
         with self._lock:
             for key in keys:
-                value = self._data.get(key)
-                if value is not None:
+                entry = self._data.get(key)
+                if entry is not None:
                     self._data.move_to_end(key)
-                out.append(value)
+                out.append(None if entry is None else entry[0])
         return out
 
-    def put_many(self, items: Sequence[tuple[K, V]]) -> None:
-        if self.max_items <= 0:
+    def put_many(self, items: Sequence[tuple[K, V]], weight: int = 1) -> None:
+        """Remember every ``(key, value)``, each weighing ``weight``; an entry heavier than the whole
+        memo is not kept."""
+        if self.max_items <= 0 or weight > self.max_items:
             return
         with self._lock:
             for key, value in items:
-                self._data[key] = value
-                self._data.move_to_end(key)
-            while len(self._data) > self.max_items:
-                self._data.popitem(last=False)
+                old = self._data.pop(key, None)
+                if old is not None:
+                    self._weight -= old[1]
+                self._data[key] = (value, weight)
+                self._weight += weight
+            while self._weight > self.max_items:
+                self._weight -= self._data.popitem(last=False)[1][1]
 
     def __len__(self) -> int:
         return len(self._data)
@@ -109,38 +116,18 @@ class ResponseMemo:
     """
 
     def __init__(self, max_items: int) -> None:
-        self.max_items = max_items
-        self._data: OrderedDict[tuple[str, str], tuple[bytes, bool, int]] = OrderedDict()
-        self._weight = 0
-        self._lock = threading.Lock()
+        self._memo: LRUMemo[tuple[str, str], tuple[bytes, bool]] = LRUMemo(max_items)
 
     def recall(self, key: str, inputs: Sequence[str]) -> tuple[list[bytes], int] | None:
         """Every input's item and the number of ``ok`` ones, or ``None`` unless all are remembered."""
-        parts: list[bytes] = []
-        n_ok = 0
-        with self._lock:
-            for raw in inputs:
-                entry = self._data.get((raw, key))
-                if entry is None:
-                    return None
-                self._data.move_to_end((raw, key))
-                parts.append(entry[0])
-                n_ok += entry[1]
-        return parts, n_ok
+        found = self._memo.get_many([(raw, key) for raw in inputs])
+        if any(entry is None for entry in found):
+            return None
+        return [entry[0] for entry in found], sum(entry[1] for entry in found)  # type: ignore[index]
 
     def store(self, key: str, weight: int, items: Sequence[tuple[str, bytes, bool]]) -> None:
         """Remember ``(raw input, item JSON, ok)`` rows; ``weight`` is the number of heads in ``key``."""
-        if self.max_items <= 0 or weight > self.max_items:
-            return
-        with self._lock:
-            for raw, data, ok in items:
-                old = self._data.pop((raw, key), None)
-                if old is not None:
-                    self._weight -= old[2]
-                self._data[(raw, key)] = (data, ok, weight)
-                self._weight += weight
-            while self._weight > self.max_items:
-                self._weight -= self._data.popitem(last=False)[1][2]
+        self._memo.put_many([((raw, key), (data, ok)) for raw, data, ok in items], weight)
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._memo)
