@@ -95,9 +95,9 @@ class ServiceMetrics:
             "Predict requests answered from the in-process memos on the event loop.",
             registry=self.registry,
         )
-        self._molecule_counters: dict[tuple[str, str], Counter] = {}
-        self._request_counters: dict[tuple[str, str, int], Counter] = {}
-        self._latency_children: dict[tuple[str, str], Histogram] = {}
+        self._molecule_counters: dict[tuple[str, ...], Counter] = {}
+        self._request_counters: dict[tuple[str, ...], Counter] = {}
+        self._latency_children: dict[tuple[str, ...], Histogram] = {}
         self.model_time = Histogram(
             "molfusion_model_seconds",
             "Time in model work per micro-batch, by stage (embed, heads, total).",
@@ -111,27 +111,14 @@ class ServiceMetrics:
         self.registry.register(_CacheCollector(state))
 
     def count_molecules(self, endpoint: str, ok: int, invalid: int) -> None:
-        """Add answered molecules of ``endpoint`` by status (labelled children are looked up once)."""
+        """Add answered molecules of ``endpoint`` by status."""
         for status, n in (("ok", ok), ("invalid", invalid)):
-            child = self._molecule_counters.get((endpoint, status))
-            if child is None:
-                child = self._molecule_counters[(endpoint, status)] = self.molecules.labels(endpoint, status)
-            child.inc(n)
+            _child(self._molecule_counters, self.molecules, (endpoint, status)).inc(n)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Count one HTTP request and record its latency (labelled children are looked up once)."""
-        count = self._request_counters.get((method, route, status))
-        if count is None:
-            count = self.requests.labels(method, route, str(status))
-            if len(self._request_counters) < 10_000:  # label sets are bounded anyway (routes x statuses)
-                self._request_counters[(method, route, status)] = count
-        count.inc()
-        timer = self._latency_children.get((method, route))
-        if timer is None:
-            timer = self.latency.labels(method, route)
-            if len(self._latency_children) < 10_000:
-                self._latency_children[(method, route)] = timer
-        timer.observe(seconds)
+        """Count one HTTP request and record its latency."""
+        _child(self._request_counters, self.requests, (method, route, str(status))).inc()
+        _child(self._latency_children, self.latency, (method, route)).observe(seconds)
 
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_molecules.observe(stats.items)
@@ -141,6 +128,19 @@ class ServiceMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_MAX_CHILDREN = 10_000  # label sets are bounded anyway (routes x statuses); this bounds the look-up dicts
+
+
+def _child(children: dict, metric, labels: tuple[str, ...]):
+    """``metric.labels(*labels)``, looked up once and then kept in ``children``."""
+    child = children.get(labels)
+    if child is None:
+        child = metric.labels(*labels)
+        if len(children) < _MAX_CHILDREN:
+            children[labels] = child
+    return child
 
 
 ROUTE_SCOPE_KEY = "molfusion.route"
