@@ -25,12 +25,17 @@ async def get_service(request: Request) -> ModelService:
     return request.app.state.service
 
 
+def api_key_ok(key: str | None, expected: str | None) -> bool:
+    """Whether ``key`` (the ``X-API-Key`` header) passes: always when no key is configured, else when it
+    equals ``expected`` (constant-time comparison)."""
+    if not expected:
+        return True
+    return bool(key) and secrets.compare_digest(key.encode(), expected.encode())
+
+
 async def require_api_key(request: Request, key: str | None = Security(_api_key_header)) -> None:
     """401 unless the ``X-API-Key`` header matches ``MOLFUSION_API_KEY`` (no-op when that is unset)."""
-    expected = request.app.state.settings.api_key
-    if not expected:
-        return
-    if key is None or not secrets.compare_digest(key.encode(), expected.encode()):
+    if not api_key_ok(key, request.app.state.settings.api_key):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail=f"missing or invalid API key (header {API_KEY_HEADER})",

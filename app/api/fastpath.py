@@ -23,11 +23,10 @@ from __future__ import annotations
 import email.message
 import functools
 import json
-import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.deps import API_KEY_HEADER
+from app.api.deps import API_KEY_HEADER, api_key_ok
 from app.api.predictions import JSON, memo_answer
 from app.api.service import ModelService, NotReadyError, UnknownPropertyError
 from app.metrics import ROUTE_SCOPE_KEY
@@ -131,9 +130,7 @@ class PredictFastPath:
 
     def _key_ok(self, key: bytes | None) -> bool:
         """The check of :func:`app.api.deps.require_api_key` on the raw header value."""
-        if self.api_key is None:
-            return True
-        return bool(key) and secrets.compare_digest(key.decode("latin-1").encode(), self.api_key.encode())
+        return api_key_ok(None if key is None else key.decode("latin-1"), self.api_key)
 
     def _answer(self, body: bytes) -> bytes | None:
         try:
