@@ -31,6 +31,9 @@ SPECIAL_ORDER = ("<pad>", "<unk>", "<bos>", "<eos>", "<mask>")
 
 def split_smiles(smiles: str) -> list[str]:
     """Regex tokens of a SMILES; characters outside the grammar become their own (unknown) pieces."""
+    pieces = _PATTERN.findall(smiles)
+    if "".join(pieces) == smiles:  # the common case: the grammar covers every character
+        return pieces
     tokens: list[str] = []
     pos = 0
     for match in _PATTERN.finditer(smiles):
@@ -118,9 +121,7 @@ class RegexTokenizer:
         return fast if got == want else None
 
     def encode(self, smiles: str) -> list[int]:
-        pieces = _PATTERN.findall(smiles)
-        if "".join(pieces) != smiles:  # characters outside the grammar: keep the gaps as pieces
-            pieces = split_smiles(smiles)
+        pieces = split_smiles(smiles)
         get, unk = self.vocab.get, self.unk_id
         return [self.bos_id, *[get(p, unk) for p in pieces[: self.max_length - 2]], self.eos_id]
 
