@@ -181,11 +181,17 @@ def resolve_label_columns(entry: CatalogEntry, columns: list[str]) -> list[str]:
     return [c for c in columns if c not in skip]
 
 
-def check_entry(entry: CatalogEntry, catalog_dir: Path) -> dict:
-    """Check that the file exists and holds the named columns; returns a status dict (raises on error)."""
+def existing_file(entry: CatalogEntry, catalog_dir: Path) -> Path:
+    """The entry's file under ``catalog_dir``; :class:`CatalogError` when it is not there."""
     path = entry.path(catalog_dir)
     if not path.exists():
         raise CatalogError(f"{entry.name}: file not found: {path}")
+    return path
+
+
+def check_entry(entry: CatalogEntry, catalog_dir: Path) -> dict:
+    """Check that the file exists and holds the named columns; returns a status dict (raises on error)."""
+    path = existing_file(entry, catalog_dir)
     columns = _header(path)
     wanted = [entry.smiles_column, *(entry.label_columns or [])]
     if entry.row_filter is not None:

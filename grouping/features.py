@@ -22,7 +22,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdFingerprintGenerator
 
-from grouping.catalog import CatalogEntry, CatalogError, load_dataset
+from grouping.catalog import CatalogEntry, CatalogError, existing_file, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,7 @@ def catalog_features(
     seed: int = 0,
 ) -> SetFeatures:
     """Features of one catalog set (subsampled to ``max_rows`` with ``seed``), cached on disk."""
-    if not entry.path(catalog_dir).exists():
-        raise CatalogError(f"{entry.name}: file not found: {entry.path(catalog_dir)}")
+    existing_file(entry, catalog_dir)  # a missing file is a CatalogError, before the cache key stats it
     file = None
     if cache_dir is not None:
         key = cache_key(entry, catalog_dir, embedder.versions, max_rows, seed)
