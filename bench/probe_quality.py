@@ -245,19 +245,18 @@ def representations(
         alt = Embedder(pretrained.smiles, alt_graph, device=str(pretrained.device),
                        batch_size=pretrained.batch_size)
         reps["graph_alt"] = alt.embed(smiles, views=("graph",)).vectors["graph"].astype(np.float64)
-        reps["smiles_alt"] = reps["smiles"]
     reps["ecfp4"] = ecfp4(smiles).astype(np.float64)
     return reps
 
 
 def with_fused(reps: dict[str, np.ndarray], train: np.ndarray) -> dict[str, np.ndarray]:
-    """Fused = concatenation of the standardised SMILES and graph views."""
+    """Fused = concatenation of the standardised SMILES and graph views (the alternative graph encoder
+    is fused with the pretrained SMILES view)."""
     out = dict(reps)
-    for suffix in ("", "_random", "_alt"):
+    for suffix, smiles_view in (("", "smiles"), ("_random", "smiles_random"), ("_alt", "smiles")):
         if f"graph{suffix}" in reps:
             out[f"fused{suffix}"] = np.concatenate(
-                [standardise(reps[f"smiles{suffix}"], train), standardise(reps[f"graph{suffix}"], train)],
-                axis=1,
+                [standardise(reps[smiles_view], train), standardise(reps[f"graph{suffix}"], train)], axis=1
             )
     return out
 
