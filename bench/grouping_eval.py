@@ -94,6 +94,7 @@ def evaluate_target(
     cfg: MolGroupConfig,
     log: logging.Logger,
     max_aux_rows: int | None = None,
+    aux_weights: tuple[float | None, ...] = (None,),
 ) -> dict:
     target = feats[name]
     candidates = {k: _cap(v, max_aux_rows) for k, v in feats.items() if k != name}
@@ -114,30 +115,37 @@ def evaluate_target(
             "structure": sorted(sims, key=lambda k: -sims[k])[:3],
             "molgroup": [s.dataset for s in sorted(scores, key=lambda s: -s.score) if s.selected],
         }
-        runs = {}
-        for config, group in groups.items():
-            if config == "molgroup" and not group:
-                runs[config] = runs["none"]
-                continue
-            runs[config] = fit_and_score(
-                target, [candidates[g] for g in group], train, val, test, seed=seed, **hparams
-            )
-        checked = (
-            "molgroup"
-            if groups["molgroup"]
-            and _better(runs["molgroup"]["val"][metric], runs["none"]["val"][metric], metric)
-            else "none"
-        )
-        runs["molgroup_checked"] = runs[checked]
-        groups["molgroup_checked"] = groups[checked]
+        runs: dict[str, dict] = {"none": fit_and_score(target, [], train, val, test, seed=seed, **hparams)}
+        for weight in aux_weights:
+            for config in ("all", "structure", "molgroup"):
+                name = variant(config, weight)
+                if not groups[config]:
+                    runs[name] = runs["none"]
+                    continue
+                runs[name] = fit_and_score(
+                    target,
+                    [candidates[g] for g in groups[config]],
+                    train,
+                    val,
+                    test,
+                    seed=seed,
+                    aux_weight=weight,
+                    **hparams,
+                )
+            checked = variant("molgroup", weight)
+            if not _better(runs[checked]["val"][metric], runs["none"]["val"][metric], metric):
+                checked = "none"
+            runs[variant("molgroup_checked", weight)] = runs[checked]
+            groups[variant("molgroup_checked", weight)] = groups["molgroup" if checked != "none" else "none"]
+        names = variants(aux_weights)
         row = {
             "seed": seed,
             "route_seconds": route_s,
             "groups": groups,
             "scores": {s.dataset: round(s.score, 4) for s in scores},
-            "val": {c: _num(runs[c]["val"][metric]) for c in CONFIGS},
-            "test": {c: _num(runs[c]["test"][metric]) for c in CONFIGS},
-            "aux_rows_removed_all": runs["all"]["aux_rows_removed"],
+            "val": {c: _num(runs[c]["val"][metric]) for c in names},
+            "test": {c: _num(runs[c]["test"][metric]) for c in names},
+            "aux_rows_removed_all": runs[variant("all", aux_weights[0])]["aux_rows_removed"],
         }
         per_seed.append(row)
         log.info(
@@ -152,21 +160,23 @@ def evaluate_target(
         )
         print(
             f"  {name} seed {seed}: "
-            + ", ".join(f"{c}={row['test'][c]:.4f}" for c in CONFIGS)
+            + ", ".join(f"{c}={row['test'][c]:.4f}" for c in names)
             + f" | molgroup={groups['molgroup']} structure={groups['structure']} ({route_s:.0f} s)",
             flush=True,
         )
     summary = {}
-    for c in CONFIGS:
-        vals = np.array([r["test"][c] for r in per_seed], dtype=float)
-        base = np.array([r["test"]["none"] for r in per_seed], dtype=float)
-        summary[c] = {
-            "mean": float(np.nanmean(vals)),
-            "std": float(np.nanstd(vals)),
-            "relative_improvement": relative_improvement(
-                float(np.nanmean(vals)), float(np.nanmean(base)), metric
-            ),
-        }
+    for c in variants(aux_weights):
+        summary[c] = {}
+        for part in ("test", "val"):
+            vals = np.array([r[part][c] for r in per_seed], dtype=float)
+            base = np.array([r[part]["none"] for r in per_seed], dtype=float)
+            summary[c][part] = {
+                "mean": float(np.nanmean(vals)),
+                "std": float(np.nanstd(vals)),
+                "relative_improvement": relative_improvement(
+                    float(np.nanmean(vals)), float(np.nanmean(base)), metric
+                ),
+            }
     overlaps = set(entries[name].overlaps)
     near_dup = sorted(
         {g for r in per_seed for c in ("molgroup", "structure") for g in r["groups"][c]} & overlaps
@@ -184,19 +194,39 @@ def evaluate_target(
     }
 
 
-def markdown(results: list[dict]) -> str:
+def variant(config: str, weight: float | None) -> str:
+    """Result column of a group configuration trained with auxiliary loss share ``weight``."""
+    return config if weight is None or config == "none" else f"{config}@{weight:g}"
+
+
+def variants(weights: tuple[float | None, ...]) -> list[str]:
+    return ["none"] + [variant(c, w) for w in weights for c in CONFIGS[1:]]
+
+
+def choose_on_validation(results: list[dict], weights: tuple[float | None, ...]) -> dict[str, str]:
+    """Per configuration, the auxiliary weight with the best mean *validation* relative improvement
+    over target alone across all targets (test numbers are never looked at)."""
+    chosen = {}
+    for config in CONFIGS[1:]:
+        options = [variant(config, w) for w in weights]
+        chosen[config] = max(
+            options,
+            key=lambda v: np.mean([r["summary"][v]["val"]["relative_improvement"] for r in results]),
+        )
+    return chosen
+
+
+def markdown(results: list[dict], columns: list[str], part: str = "test") -> str:
     lines = [
-        "| target | metric | " + " | ".join(CONFIGS) + " | molgroup group (per seed) |",
-        "|---" * (len(CONFIGS) + 3) + "|",
+        "| target | metric | " + " | ".join(columns) + " | molgroup group (per seed) |",
+        "|---" * (len(columns) + 3) + "|",
     ]
     for r in results:
-        cells = [
-            f"{r['summary'][c]['mean']:.4f} ± {r['summary'][c]['std']:.4f} "
-            f"({100 * r['summary'][c]['relative_improvement']:+.1f}%)"
-            if c != "none"
-            else f"{r['summary'][c]['mean']:.4f} ± {r['summary'][c]['std']:.4f}"
-            for c in CONFIGS
-        ]
+        cells = []
+        for c in columns:
+            cell = r["summary"][c][part]
+            text = f"{cell['mean']:.4f} ± {cell['std']:.4f}"
+            cells.append(text if c == "none" else f"{text} ({100 * cell['relative_improvement']:+.1f}%)")
         groups = "; ".join(",".join(s["groups"]["molgroup"]) or "—" for s in r["seeds"])
         dup = (
             f" (near-dup: {','.join(r['near_duplicates_selected'])})"
@@ -204,13 +234,31 @@ def markdown(results: list[dict]) -> str:
             else ""
         )
         lines.append(f"| {r['target']} | {r['metric']} | " + " | ".join(cells) + f" | {groups}{dup} |")
-    avg = {c: float(np.mean([r["summary"][c]["relative_improvement"] for r in results])) for c in CONFIGS}
+    avg = {
+        c: float(np.mean([r["summary"][c][part]["relative_improvement"] for r in results])) for c in columns
+    }
     lines.append(
         "| **average relative improvement** | | "
-        + " | ".join(f"**{100 * avg[c]:+.2f}%**" for c in CONFIGS)
+        + " | ".join(f"**{100 * avg[c]:+.2f}%**" for c in columns)
         + " | |"
     )
     return "\n".join(lines)
+
+
+def report(results: list[dict], weights: tuple[float | None, ...]) -> str:
+    """Validation table of every variant, the weights chosen on it, then the chosen variants' test table."""
+    chosen = choose_on_validation(results, weights)
+    return "\n\n".join(
+        [
+            "validation (selection):\n" + markdown(results, variants(weights), "val"),
+            "chosen on validation: " + ", ".join(f"{k} -> {v}" for k, v in chosen.items()),
+            "test (chosen variants):\n" + markdown(results, ["none", *chosen.values()], "test"),
+        ]
+    )
+
+
+def _weights(text: str) -> tuple[float | None, ...]:
+    return tuple(None if w.strip() in ("", "none") else float(w) for w in text.split(","))
 
 
 def main() -> None:
@@ -230,6 +278,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--out", type=Path, default=Path(".carry/grouping_eval.json"))
     parser.add_argument(
+        "--aux-weights",
+        default="none",
+        help="comma-separated auxiliary loss shares to compare (grouping.evidence; 'none' = every label "
+        "counts the same); each configuration's share is then chosen on validation",
+    )
+    parser.add_argument(
         "--reverse-features",
         action="store_true",
         help="embed catalog sets in reverse order (two runs sharing --cache then split the embedding work)",
@@ -245,9 +299,10 @@ def main() -> None:
         help="comma-separated result JSONs of earlier runs: print their joint table",
     )
     args = parser.parse_args()
+    weights = _weights(args.aux_weights)
     if args.merge:
         docs = [json.loads(Path(p).read_text()) for p in args.merge.split(",")]
-        print(markdown([r for d in docs for r in d["results"]]))
+        print(report([r for d in docs for r in d["results"]], weights))
         for d in docs:
             print(f"machine: {d.get('machine')}; total {d.get('total_seconds', float('nan')):.0f} s")
         return
@@ -278,7 +333,9 @@ def main() -> None:
     for name in targets:
         print(f"target {name}", flush=True)
         results.append(
-            evaluate_target(name, feats, entries, args.seeds, hparams, cfg, log, args.max_aux_rows)
+            evaluate_target(
+                name, feats, entries, args.seeds, hparams, cfg, log, args.max_aux_rows, weights
+            )
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"results": results}, indent=2))
@@ -296,7 +353,7 @@ def main() -> None:
         "total_seconds": time.perf_counter() - started,
     }
     args.out.write_text(json.dumps(doc, indent=2))
-    print(markdown(results))
+    print(report(results, weights))
     print(f"machine: {machine}; catalog features {embed_s:.0f} s; total {doc['total_seconds']:.0f} s")
 
 

@@ -189,100 +189,118 @@ def _chemprop(chemprop: Path, args: list[str], log_file: Path, env: dict) -> flo
     return time.perf_counter() - t0
 
 
+def _chemprop_seed(
+    ds: Dataset,
+    frame: pd.DataFrame,
+    seed: int,
+    part: dict,
+    work: Path,
+    chemprop: Path,
+    device: list[str],
+    env: dict,
+    trained_only: bool,
+) -> dict | None:
+    """Train (unless ``train_seconds.json`` shows a finished run) and predict one chemprop seed."""
+    folder = work / "chemprop" / ds.name / f"seed{seed}"
+    timing = folder / "train_seconds.json"
+    if trained_only and not timing.exists():  # report the seeds that finished training, no new ones
+        return None
+    if not timing.exists():
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        files = []
+        for k in ("train", "val", "test"):
+            path = folder / f"{k}.csv"
+            frame.iloc[part[k]].to_csv(path, index=False)
+            files.append(str(path))
+        task_type = "classification" if ds.spec.task_type == "classification" else "regression"
+        train_s = _chemprop(
+            chemprop,
+            [
+                "train",
+                "-i",
+                *files,
+                "-s",
+                "smiles",
+                "--target-columns",
+                *ds.tasks,
+                "-t",
+                task_type,
+                "-o",
+                str(folder / "out"),
+                "--data-seed",
+                str(seed),
+                "--pytorch-seed",
+                str(seed),
+                *device,
+            ],
+            folder / "train.log",
+            env,
+        )
+        timing.write_text(json.dumps({"train_s": train_s, "device": device}))
+    train_s = json.loads(timing.read_text())["train_s"]
+    model = next((folder / "out").rglob("best*.pt"))
+    everything = folder / "all.csv"
+    frame[["smiles"]].to_csv(everything, index=False)
+    preds = folder / "all_preds.csv"
+    predict_s = _chemprop(
+        chemprop,
+        ["predict", "-i", str(everything), "-s", "smiles", "--model-paths", str(model), "-o", str(preds)]
+        + device,
+        folder / "predict.log",
+        env,
+    )
+    out = pd.read_csv(preds)
+    te = np.array(part["test"])
+    pred = out[list(ds.tasks)].to_numpy(dtype=np.float64)[te]
+    result = {
+        "seed": seed,
+        "train_s": train_s,
+        "predict_s": predict_s,
+        "n_train": len(part["train"]),
+        "n_predict": len(ds.smiles),
+        "test": evaluate(ds.y[te], pred, ds.task_types, ds.tasks),
+    }
+    print(f"  {ds.name} chemprop seed {seed}: test {result['test']['mean']} ({train_s:.1f}s)", flush=True)
+    return result
+
+
 def run_chemprop(
-    ds: Dataset, parts: list[dict], work: Path, chemprop: Path, threads: int, trained_only: bool = False
+    ds: Dataset,
+    parts: list[dict],
+    work: Path,
+    chemprop: Path,
+    threads: int,
+    trained_only: bool = False,
+    accelerator: str = "cpu",
+    jobs: int = 1,
 ) -> dict:
     """chemprop with its CLI defaults on the same split CSVs; a trained seed (``train_seconds.json``
     present) is reused, so only prediction re-runs. Prediction covers every molecule of the set (as the
-    heads' prediction timing does); metrics use the test rows."""
-    per_seed = []
+    heads' prediction timing does); metrics use the test rows. ``jobs`` seeds run at once (separate
+    processes; on a GPU they share it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     frame = pd.DataFrame(ds.y, columns=ds.tasks)
     frame.insert(0, "smiles", ds.smiles)
-    task_type = "classification" if ds.spec.task_type == "classification" else "regression"
-    device = ["-n", "0", "--accelerator", "cpu", "--devices", "1"]
-    for seed, part in zip(SEEDS, parts, strict=True):
-        folder = work / "chemprop" / ds.name / f"seed{seed}"
-        timing = folder / "train_seconds.json"
-        if trained_only and not timing.exists():  # report the seeds that finished training, no new ones
-            continue
-        if not timing.exists():
-            if folder.exists():
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
-            files = []
-            for k in ("train", "val", "test"):
-                path = folder / f"{k}.csv"
-                frame.iloc[part[k]].to_csv(path, index=False)
-                files.append(str(path))
-            train_s = _chemprop(
-                chemprop,
-                [
-                    "train",
-                    "-i",
-                    *files,
-                    "-s",
-                    "smiles",
-                    "--target-columns",
-                    *ds.tasks,
-                    "-t",
-                    task_type,
-                    "-o",
-                    str(folder / "out"),
-                    "--data-seed",
-                    str(seed),
-                    "--pytorch-seed",
-                    str(seed),
-                    *device,
-                ],
-                folder / "train.log",
-                env,
+    device = ["-n", "0", "--accelerator", accelerator, "--devices", "1"]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        done = list(
+            pool.map(
+                lambda sp: _chemprop_seed(ds, frame, sp[0], sp[1], work, chemprop, device, env, trained_only),
+                zip(SEEDS, parts, strict=True),
             )
-            timing.write_text(json.dumps({"train_s": train_s}))
-        train_s = json.loads(timing.read_text())["train_s"]
-        model = next((folder / "out").rglob("best*.pt"))
-        everything = folder / "all.csv"
-        frame[["smiles"]].to_csv(everything, index=False)
-        preds = folder / "all_preds.csv"
-        predict_s = _chemprop(
-            chemprop,
-            [
-                "predict",
-                "-i",
-                str(everything),
-                "-s",
-                "smiles",
-                "--model-paths",
-                str(model),
-                "-o",
-                str(preds),
-                *device,
-            ],
-            folder / "predict.log",
-            env,
         )
-        out = pd.read_csv(preds)
-        te = np.array(part["test"])
-        pred = out[list(ds.tasks)].to_numpy(dtype=np.float64)[te]
-        per_seed.append(
-            {
-                "seed": seed,
-                "train_s": train_s,
-                "predict_s": predict_s,
-                "n_train": len(part["train"]),
-                "n_predict": len(ds.smiles),
-                "test": evaluate(ds.y[te], pred, ds.task_types, ds.tasks),
-            }
-        )
-        print(
-            f"  {ds.name} chemprop seed {seed}: test {per_seed[-1]['test']['mean']} ({train_s:.1f}s)",
-            flush=True,
-        )
+    per_seed = [r for r in done if r is not None]
     return {
         "method": "chemprop",
         "dataset": ds.name,
         "per_seed": per_seed,
         "test": summarise(per_seed),
+        "accelerator": accelerator,
+        "parallel_seeds": jobs,
         "note": "chemprop CLI defaults; timings include process start and featurisation",
     }
 
@@ -623,6 +641,8 @@ def main() -> None:
         action="store_true",
         help="chemprop: only predict with seeds already trained (report partial seeds)",
     )
+    parser.add_argument("--chemprop-accelerator", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--chemprop-jobs", type=int, default=1, help="chemprop seeds run at once")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "bench_heads.md")
     args = parser.parse_args()
 
@@ -659,7 +679,14 @@ def main() -> None:
                 continue
             if method == "chemprop":
                 result = run_chemprop(
-                    ds, parts, args.work, args.chemprop, args.threads, args.chemprop_trained_only
+                    ds,
+                    parts,
+                    args.work,
+                    args.chemprop,
+                    args.threads,
+                    args.chemprop_trained_only,
+                    args.chemprop_accelerator,
+                    args.chemprop_jobs,
                 )
             elif method in SPARSE_METHODS:
                 result = run_sparse(ds, method, views, parts)

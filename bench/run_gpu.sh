@@ -6,12 +6,20 @@
 # (the catalog files a run needs: moleculenet/, tdc/, pretrain/moses_test.csv.gz).
 # At most 8 files come back; each step writes one log (and the probe/embed/serve steps a JSON).
 # Usage on the GPU host:  STEPS="embed serve recommend" bash bench/run_gpu.sh "$OUT"
+# chemprop peer on the GPU (bench/heads_benchmark.py's split files, every set at once, 3 seeds each):
+#   WHEELS=.carry/cp/whl DATA=.carry/cp/data STEPS=chemprop bash bench/run_gpu.sh "$OUT"
+# with .carry/cp/whl = rdkit 2026.3.6 (chemprop's cuik-molmaker pins it), chemprop 2.3.1, configargparse,
+# astartes, descriptastorus, pandas-flavor, multiprocess, dill, cuik-molmaker-pin, myerson, and
+# .carry/cp/bench/splits = the split files of `heads_benchmark.py splits` made on the CPU machine, and
+# .carry/cp/xlibs = Debian's libxrender1 libx11-6 libxext6 libxcb1 libxau6 libxdmcp6 libbsd0 libmd0 (.deb;
+# cuik-molmaker links RDKit's cairo, which needs them, and the host image has no X libraries).
 set -uo pipefail
 RESULT=${1:-${OUT:-runs/gpu_bench}}
 DATA=${DATA:-.carry/gpu}
 STEPS=${STEPS:-probe embed serve recommend}
 mkdir -p "$RESULT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+WHEELS=${WHEELS:-.whl}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
   || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -40,6 +48,19 @@ for s in $STEPS; do
           --targets Class --catalog "$DATA" --exclude "$skip" -o "/tmp/recommend/$phase.json"
         cp "/tmp/recommend/$phase.json" "$RESULT/recommend_$phase.json"  # not its PNG: 8 files come back
       done ;;
+    chemprop)
+      work=${CHEMPROP_WORK:-.carry/cp/bench}
+      for f in "${XLIBS:-.carry/cp/xlibs}"/*.deb; do dpkg -x "$f" /tmp/xlibs; done
+      export LD_LIBRARY_PATH=/tmp/xlibs/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+      echo "=== chemprop (limit ${CHEMPROP_S:-540}s)"; t0=$SECONDS
+      for ds in ${CHEMPROP_SETS:-tox21 hiv lipophilicity bbbp bace clintox sider esol freesolv}; do
+        timeout "${CHEMPROP_S:-540}" python3 bench/heads_benchmark.py run --datasets "$ds" --methods chemprop \
+          --data-dir "$DATA" --work "$work" --chemprop /tmp/site/bin/chemprop --chemprop-accelerator gpu \
+          --chemprop-jobs 3 > "$RESULT/chemprop_$ds.log" 2>&1 &
+      done
+      wait; echo "=== chemprop done in $((SECONDS - t0))s"; tail -n 3 "$RESULT"/chemprop_*.log
+      tar czf "$RESULT/chemprop.tgz" "$RESULT"/chemprop_*.log "$work/results" \
+        $(find "$work/chemprop" -name '*.log' -o -name train_seconds.json) ;;
     *) echo "unknown step $s" ;;
   esac
 done

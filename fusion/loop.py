@@ -5,7 +5,10 @@ Masked loss over observed labels only (``m_it = 1`` when molecule ``i`` has a la
     L = sum_it m_it l_it / sum_it m_it,   l_it = BCEWithLogits(f_it, y_it)   (classification)
                                           l_it = (f_it - y_it)^2              (regression, standardised y)
 
-so rows with missing labels still train the tasks they have. Optimiser: AdamW. After each epoch the
+so rows with missing labels still train the tasks they have. With task weights ``w_t``
+(``LoopConfig.task_weights``) every label of task ``t`` counts ``w_t`` times:
+``L = sum_it w_t m_it l_it / sum_it w_t m_it`` (e.g. to give an auxiliary data set a fixed share of the
+loss whatever its label count). Optimiser: AdamW. After each epoch the
 validation loss is computed; the weights of the best epoch are restored at the end (early stopping
 with ``patience`` epochs). With ``per_task=True`` (independent single-task models sharing one tensor,
 :class:`fusion.nets.TaskEnsemble`) the validation loss and the best-epoch snapshot are kept per task.
@@ -35,17 +38,26 @@ class LoopConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     seed: int = 0
+    task_weights: tuple[float, ...] | None = None  # per task column; None = every label counts the same
 
 
 def masked_task_loss(
-    out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, is_cls: torch.Tensor, per_task: bool = False
+    out: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    is_cls: torch.Tensor,
+    per_task: bool = False,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The masked loss above; ``per_task`` gives one mean per task column ``[T]``."""
+    """The masked loss above; ``per_task`` gives one mean per task column ``[T]`` (weights do not apply
+    there: each task is its own mean); ``weights`` ``[T]`` are the task weights ``w_t``."""
     y0 = torch.where(mask, y, torch.zeros_like(y))
     bce = F.binary_cross_entropy_with_logits(out, y0, reduction="none")
     elem = torch.where(is_cls, bce, (out - y0).pow(2)) * mask
     if per_task:
         return elem.sum(0) / mask.sum(0).clamp(min=1)
+    if weights is not None:
+        return (elem * weights).sum() / (mask * weights).sum().clamp(min=1e-12)
     return elem.sum() / mask.sum().clamp(min=1)
 
 
@@ -91,6 +103,14 @@ def fit_network(
     e.g. ``"row"`` indices that ``extra_loss`` uses). ``extra_loss(net, batch)`` is added to the task loss.
     """
     gen = torch.Generator().manual_seed(cfg.seed)
+    weights = None
+    if cfg.task_weights is not None:
+        weights = torch.as_tensor(cfg.task_weights, dtype=torch.float32)
+        if weights.shape != (int(is_cls.numel()),) or bool((weights < 0).any()) or not bool(weights.any()):
+            raise ValueError(
+                f"task_weights must be {int(is_cls.numel())} non-negative numbers, not all zero; "
+                f"got {len(cfg.task_weights)}"
+            )
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(train["y"])
     has_val = len(val["y"]) > 0 and bool(val["mask"].any())
@@ -110,7 +130,7 @@ def fit_network(
                 continue
             batch = {k: v[idx] for k, v in train.items()}
             out = forward(net, batch)
-            loss = masked_task_loss(out, batch["y"], batch["mask"], is_cls, per_task)
+            loss = masked_task_loss(out, batch["y"], batch["mask"], is_cls, per_task, weights)
             loss = loss.sum() if per_task else loss
             if extra_loss is not None:
                 loss = loss + extra_loss(net, batch)
@@ -120,7 +140,7 @@ def fit_network(
         if not has_val:
             continue
         out_val = predict_batched(net, {k: v for k, v in val.items()}, forward)
-        val_loss = masked_task_loss(out_val, val["y"], val["mask"], is_cls, per_task).reshape(-1)
+        val_loss = masked_task_loss(out_val, val["y"], val["mask"], is_cls, per_task, weights).reshape(-1)
         improved = val_loss < best - 1e-6
         if per_task:
             # tasks without validation labels keep their latest weights

@@ -2,8 +2,12 @@
 
 Group training stacks the rows of the target and of each auxiliary set into one multi-task table
 ``y = [target tasks | aux tasks]`` with NaN wherever a molecule has no label for a task, so the head's
-masked loss trains every task on the rows that have it (:func:`fusion.training.fit_head`). Early
-stopping and all reported numbers use the target's validation rows and the target's tasks only.
+masked loss trains every task on the rows that have it (:func:`fusion.training.fit_head`). By default
+every observed label counts the same, so a large or many-task auxiliary set outweighs the target; with
+``aux_weight = α`` the loss is re-weighted per task column so that the target's training labels carry
+weight 1 and each auxiliary set ``α / |group|`` (each set's labels equally within it):
+``L ≈ (L_target + α · mean_a L_a) / (1 + α)``. Early stopping and all reported numbers use the target's
+validation rows and the target's tasks only.
 Auxiliary rows whose canonical SMILES occur in the target's validation or test rows are removed first
 (and counted), so a near-duplicate auxiliary set cannot leak those labels.
 
@@ -33,6 +37,21 @@ class StackedTable:
     tasks: list[str]
     n_target: int  # rows [0, n_target) are the target's, in its order
     aux_rows_removed: int  # auxiliary rows dropped because their molecule is in the target's eval rows
+    set_of_task: list[int]  # per task column: 0 = the target, k = the k-th auxiliary set of the group
+
+    def task_weights(self, train: np.ndarray, aux_weight: float) -> list[float]:
+        """Per-task loss weights giving the target's labels on ``train`` rows total weight 1 and each
+        auxiliary set's labels ``aux_weight / n_sets`` (see the module docstring)."""
+        sets = np.asarray(self.set_of_task)
+        n_aux = int(sets.max()) if sets.size else 0
+        rows = np.concatenate([train, np.arange(self.n_target, len(self.y))])
+        counts = (~np.isnan(self.y[rows])).sum(axis=0).astype(np.float64)
+        weights = np.zeros(len(sets))
+        for k in range(n_aux + 1):
+            cols = sets == k
+            share = 1.0 if k == 0 else aux_weight / n_aux
+            weights[cols] = share / max(counts[cols].sum(), 1.0)
+        return (weights / weights.max()).tolist()
 
 
 def primary(task_types: Sequence[str]) -> str:
@@ -68,7 +87,8 @@ def stack(target: SetFeatures, group: Sequence[SetFeatures], exclude: set[str]) 
     types = list(target.task_types)
     tasks = list(target.label_columns)
     removed = 0
-    for aux in group:
+    set_of_task = [0] * t_tasks
+    for k, aux in enumerate(group, start=1):
         keep = np.array([s not in exclude for s in aux.smiles], dtype=bool)
         removed += int((~keep).sum())
         labels = aux.labels[keep]
@@ -76,6 +96,7 @@ def stack(target: SetFeatures, group: Sequence[SetFeatures], exclude: set[str]) 
         blocks.append(labels[:, cols])
         types += [aux.task_types[c] for c in cols]
         tasks += [f"{aux.name}:{aux.label_columns[c]}" for c in cols]
+        set_of_task += [k] * len(cols)
         for k, v in aux.views().items():
             views[k].append(v[keep])
     n_rows = len(target) + sum(len(b) for b in blocks)
@@ -87,7 +108,7 @@ def stack(target: SetFeatures, group: Sequence[SetFeatures], exclude: set[str]) 
         row += len(b)
         col += b.shape[1]
     return StackedTable(
-        {k: np.concatenate(v) for k, v in views.items()}, y, types, tasks, len(target), removed
+        {k: np.concatenate(v) for k, v in views.items()}, y, types, tasks, len(target), removed, set_of_task
     )
 
 
@@ -100,15 +121,19 @@ def fit_and_score(
     seed: int,
     head: str = "mlp",
     fusion: str = "concat",
+    aux_weight: float | None = None,
     **hparams,
 ) -> dict:
     """Fit the head on target train rows (+ all rows of ``group``), early-stopped on target ``val``.
 
+    ``aux_weight`` (``None`` = every label counts the same) sets the auxiliary sets' share of the loss.
     Returns the target-task metrics on ``val`` (and ``test`` when given) and the rows used.
     """
     exclude = {target.smiles[i] for i in np.concatenate([val, test if test is not None else val])}
     table = stack(target, group, exclude)
     aux_rows = np.arange(table.n_target, len(table.y))
+    if aux_weight is not None and group:
+        hparams = {**hparams, "task_weights": table.task_weights(train, aux_weight)}
     model = fit_head(
         table.views,
         table.y,
@@ -146,6 +171,7 @@ def group_evidence(
     head: str = "mlp",
     fusion: str = "concat",
     progress: Callable[[float, str], None] | None = None,
+    aux_weight: float | None = None,
     **hparams,
 ) -> dict:
     """Validation metric of target alone vs. target + ``group`` over ``seeds`` model seeds on one scaffold
@@ -159,7 +185,16 @@ def group_evidence(
         runs["target_alone"].append(_value(alone["val"][metric]))
         if group:
             grouped = fit_and_score(
-                target, group, train, val, None, seed=s, head=head, fusion=fusion, **hparams
+                target,
+                group,
+                train,
+                val,
+                None,
+                seed=s,
+                head=head,
+                fusion=fusion,
+                aux_weight=aux_weight,
+                **hparams,
             )
             runs["target_plus_group"].append(_value(grouped["val"][metric]))
             removed = grouped["aux_rows_removed"]
@@ -176,6 +211,7 @@ def group_evidence(
         "rows": {"train": int(len(train)), "val": int(len(val))},
         "head": head,
         "fusion": fusion,
+        "aux_weight": aux_weight,
         **summary,
         "relative_improvement": None
         if None in (summary["target_plus_group"]["mean"], summary["target_alone"]["mean"])

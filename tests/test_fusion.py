@@ -169,6 +169,33 @@ def test_masked_loss_ignores_missing_labels() -> None:
     assert per_task[1] == pytest.approx(16.0)
 
 
+def test_task_weights_scale_each_task_share_of_the_loss() -> None:
+    out = torch.tensor([[0.0, 1.0], [0.0, 3.0], [0.0, 0.0]])
+    y = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    mask = torch.tensor([[True, True], [True, True], [True, False]])
+    is_cls = torch.tensor([True, False])
+    plain = masked_task_loss(out, y, mask, is_cls)
+    ones = masked_task_loss(out, y, mask, is_cls, weights=torch.ones(2))
+    assert ones == pytest.approx(float(plain))
+    bce0 = float(torch.nn.functional.binary_cross_entropy_with_logits(torch.zeros(()), torch.ones(())))
+    # task 0: three BCE terms of log 2 (weight 1); task 1: squared errors 1 and 9 (weight 3)
+    weighted = masked_task_loss(out, y, mask, is_cls, weights=torch.tensor([1.0, 3.0]))
+    assert float(weighted) == pytest.approx((3 * bce0 + 3 * (1.0 + 9.0)) / (3 + 3 * 2))
+    # zero weight removes a task entirely
+    only0 = masked_task_loss(out, y, mask, is_cls, weights=torch.tensor([1.0, 0.0]))
+    assert float(only0) == pytest.approx(bce0)
+
+
+def test_fit_network_rejects_task_weights_of_the_wrong_length() -> None:
+    from fusion.loop import LoopConfig, fit_network
+
+    net = torch.nn.Linear(3, 2)
+    data = {"x": torch.randn(6, 3), "y": torch.zeros(6, 2), "mask": torch.ones(6, 2, dtype=torch.bool)}
+    cfg = LoopConfig(epochs=1, task_weights=(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="task_weights must be 2"):
+        fit_network(net, data, data, torch.tensor([True, True]), cfg, forward=lambda n, b: n(b["x"]))
+
+
 def test_task_ensemble_tasks_are_independent() -> None:
     torch.manual_seed(0)
     net = TaskEnsemble(in_dim=6, hidden=4, n_tasks=3, dropout=0.0)

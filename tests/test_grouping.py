@@ -18,7 +18,7 @@ from grouping.catalog import (
     parse_entry,
     register_dataset,
 )
-from grouping.evidence import relative_improvement, stack
+from grouping.evidence import fit_and_score, relative_improvement, stack
 from grouping.features import SetFeatures, load_catalog_features
 from grouping.methods import METHODS, nearest_neighbour_tanimoto, score_candidates
 from grouping.recommend import RecommendOptions, recommend
@@ -294,6 +294,33 @@ def test_tanimoto_similarity_and_stacking() -> None:
     assert table.aux_rows_removed == 2 and table.views["smiles"].shape == (14, 4)
     assert relative_improvement(0.8, 0.5, "roc_auc") == pytest.approx(0.6)
     assert relative_improvement(0.5, 1.0, "rmse") == pytest.approx(0.5)
+
+
+def test_aux_weight_gives_the_target_and_each_auxiliary_set_a_fixed_loss_share() -> None:
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=8)
+    target = _synthetic("t", rng, 60, w, "same", 0.1)
+    small = _synthetic("small", rng, 20, w, "same", 0.1)
+    big = _synthetic("big", rng, 200, w, "random", 0.1)
+    big.labels = np.concatenate([big.labels, big.labels[::-1]], axis=1)  # two tasks
+    big.label_columns, big.task_types = ["y", "z"], ["classification", "classification"]
+    table = stack(target, [small, big], exclude=set())
+    assert table.set_of_task == [0, 1, 2, 2]
+    train = np.arange(40)  # 40 target training rows (the other 20 are validation/test)
+    weights = np.array(table.task_weights(train, aux_weight=0.5))
+    rows = np.concatenate([train, np.arange(table.n_target, len(table.y))])
+    counts = (~np.isnan(table.y[rows])).sum(axis=0)
+    share = weights * counts
+    # target 1 : each of the two auxiliary sets 0.5 / 2, whatever their sizes and task counts
+    assert share[1] / share[0] == pytest.approx(0.25)
+    assert (share[2] + share[3]) / share[0] == pytest.approx(0.25)
+    assert weights.max() == pytest.approx(1.0)
+    # the weights reach the head: a tiny aux share trains like the target alone would
+    val, test = np.arange(40, 50), np.arange(50, 60)
+    out = fit_and_score(target, [small, big], train, val, test, seed=0, aux_weight=1e-6, epochs=5)
+    assert out["train_rows"] == 40 + 20 + 200 and set(out["val"]) >= {"roc_auc"}
+    with pytest.raises(ValueError, match="task_weights"):
+        fit_and_score(target, [small], train, val, test, seed=0, task_weights=[1.0], epochs=1)
 
 
 @pytest.fixture(scope="module")

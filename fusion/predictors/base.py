@@ -43,6 +43,7 @@ class NeuralParams:
     patience: int = 15
     batch_size: int = 128
     gate_dim: int = 128  # width of the learned gated fusion (``gated`` only)
+    task_weights: list[float] | None = None  # loss weight per task column (``fusion.loop``); None = equal
 
     def loop(self, seed: int) -> LoopConfig:
         return LoopConfig(
@@ -52,6 +53,7 @@ class NeuralParams:
             lr=self.lr,
             weight_decay=self.weight_decay,
             seed=seed,
+            task_weights=None if self.task_weights is None else tuple(map(float, self.task_weights)),
         )
 
 

@@ -3,21 +3,30 @@
 Each task trains on its labelled training rows of the fused vector (``binary:logistic`` or
 ``reg:squarederror`` on standardised labels), with early stopping on the task's validation rows
 (log-loss / RMSE, ``early_stopping_rounds``); the best iteration is kept for prediction. Boosters are
-stored in XGBoost's native UBJSON format.
+stored in XGBoost's native UBJSON format. XGBoost is imported when a booster is first trained or
+loaded, so importing the heads (e.g. for an MLP-only job or a benchmark host without it) does not need it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xgboost as xgb
 
 from fusion.fusions import FusionPreprocessor, Prepared
 
+if TYPE_CHECKING:
+    import xgboost
+
 log = logging.getLogger(__name__)
+
+
+def _xgb() -> Any:
+    return importlib.import_module("xgboost")
 
 
 @dataclasses.dataclass
@@ -47,7 +56,7 @@ class XGBPredictor:
         self.pre = pre
         self.task_types = list(task_types)
         self.params = params
-        self.boosters: list[xgb.Booster] = []
+        self.boosters: list[xgboost.Booster] = []
         self.best_iterations: list[int] = []
 
     def _xgb_params(self, kind: str, seed: int) -> dict:
@@ -77,6 +86,7 @@ class XGBPredictor:
         groups: np.ndarray | None = None,
     ) -> dict:
         assert data.fused is not None
+        xgb = _xgb()
         self.boosters, self.best_iterations = [], []
         for t, kind in enumerate(self.task_types):
             tr = train_idx[~np.isnan(y[train_idx, t])]
@@ -101,7 +111,7 @@ class XGBPredictor:
         out = np.empty((len(data), len(self.task_types)), dtype=np.float32)
         if not len(data):
             return out
-        d = xgb.DMatrix(data.fused)
+        d = _xgb().DMatrix(data.fused)
         for t, booster in enumerate(self.boosters):
             out[:, t] = booster.predict(d, iteration_range=(0, self.best_iterations[t] + 1))
         return out
@@ -115,6 +125,6 @@ class XGBPredictor:
         self.best_iterations = [int(b) for b in config["best_iterations"]]
         self.boosters = []
         for t in range(len(self.task_types)):
-            booster = xgb.Booster()
+            booster = _xgb().Booster()
             booster.load_model(str(directory / booster_file(t)))
             self.boosters.append(booster)
