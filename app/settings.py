@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     recommend_evidence_seeds: int = Field(
         default=3, ge=0, description="Model seeds for the target-alone vs. target+group evidence (0 = none)."
     )
+    recommend_aux_weight: float = Field(
+        default=1.0,
+        gt=0,
+        description="Loss share of the auxiliary group vs. the target (1) when evidence heads train.",
+    )
     job_lease_s: int = Field(
         default=30, ge=3, description="A running job whose worker sent no heartbeat for this long is failed."
     )

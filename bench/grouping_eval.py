@@ -118,11 +118,11 @@ def evaluate_target(
         runs: dict[str, dict] = {"none": fit_and_score(target, [], train, val, test, seed=seed, **hparams)}
         for weight in aux_weights:
             for config in ("all", "structure", "molgroup"):
-                name = variant(config, weight)
+                col = variant(config, weight)
                 if not groups[config]:
-                    runs[name] = runs["none"]
+                    runs[col] = runs["none"]
                     continue
-                runs[name] = fit_and_score(
+                runs[col] = fit_and_score(
                     target,
                     [candidates[g] for g in groups[config]],
                     train,
@@ -137,14 +137,14 @@ def evaluate_target(
                 checked = "none"
             runs[variant("molgroup_checked", weight)] = runs[checked]
             groups[variant("molgroup_checked", weight)] = groups["molgroup" if checked != "none" else "none"]
-        names = variants(aux_weights)
+        columns = variants(aux_weights)
         row = {
             "seed": seed,
             "route_seconds": route_s,
             "groups": groups,
             "scores": {s.dataset: round(s.score, 4) for s in scores},
-            "val": {c: _num(runs[c]["val"][metric]) for c in names},
-            "test": {c: _num(runs[c]["test"][metric]) for c in names},
+            "val": {c: _num(runs[c]["val"][metric]) for c in columns},
+            "test": {c: _num(runs[c]["test"][metric]) for c in columns},
             "aux_rows_removed_all": runs[variant("all", aux_weights[0])]["aux_rows_removed"],
         }
         per_seed.append(row)
@@ -160,7 +160,7 @@ def evaluate_target(
         )
         print(
             f"  {name} seed {seed}: "
-            + ", ".join(f"{c}={row['test'][c]:.4f}" for c in names)
+            + ", ".join(f"{c}={row['test'][c]:.4f}" for c in columns)
             + f" | molgroup={groups['molgroup']} structure={groups['structure']} ({route_s:.0f} s)",
             flush=True,
         )
@@ -257,6 +257,26 @@ def report(results: list[dict], weights: tuple[float | None, ...]) -> str:
     )
 
 
+def export_subsample(entries: list, catalog_dir: Path, out: Path, max_rows: int | None) -> None:
+    """Write each set's ``max_rows`` subsample (seed 0, as :func:`grouping.catalog.load_dataset` draws it)
+    to ``out`` under the catalog's own relative path, with its SMILES and label columns (and the row
+    filter's column), so ``--catalog out`` sees exactly the same molecules and labels."""
+    import pandas as pd
+
+    from grouping.catalog import load_dataset
+
+    for entry in entries:
+        data = load_dataset(entry, catalog_dir, max_rows=max_rows)
+        frame = pd.DataFrame(data.labels, columns=data.label_columns)
+        frame.insert(0, entry.smiles_column, data.smiles)
+        if entry.row_filter is not None:
+            frame[entry.row_filter.column] = entry.row_filter.equals
+        path = entry.path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+        print(f"{entry.name}: {len(frame)} of {data.total_rows} rows -> {path}")
+
+
 def _weights(text: str) -> tuple[float | None, ...]:
     return tuple(None if w.strip() in ("", "none") else float(w) for w in text.split(","))
 
@@ -294,6 +314,16 @@ def main() -> None:
         help='JSON {"smiles": V, "graph": V}: use catalog features cached for these encoder versions only',
     )
     parser.add_argument(
+        "--export-subsample",
+        type=Path,
+        default=None,
+        help="write every catalog set's --max-rows subsample (the exact rows a run uses) as a catalog "
+        "folder here and stop: a small copy of the catalog to carry to another machine",
+    )
+    parser.add_argument(
+        "--embed-only", action="store_true", help="embed the catalog into --cache and stop"
+    )
+    parser.add_argument(
         "--merge",
         default=None,
         help="comma-separated result JSONs of earlier runs: print their joint table",
@@ -313,6 +343,9 @@ def main() -> None:
     settings = get_settings()
     catalog_dir = args.catalog or settings.data_dir
     entries = {e.name: e for e in load_catalog()}
+    if args.export_subsample:
+        export_subsample(list(entries.values()), catalog_dir, args.export_subsample, args.max_rows)
+        return
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     embedder = _CachedOnly(json.loads(args.cached_versions)) if args.cached_versions else build_embedder()
     started = time.perf_counter()
@@ -327,6 +360,9 @@ def main() -> None:
     )
     feats = {name: feats[name] for name in entries}  # catalog order, whichever order they were embedded
     embed_s = time.perf_counter() - started
+    if args.embed_only:
+        print(f"catalog embedded in {embed_s:.0f} s on {embedder.device}")
+        return
     hparams = {"epochs": args.epochs, "patience": args.patience}
     cfg = MolGroupConfig()
     results = []

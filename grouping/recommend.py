@@ -42,6 +42,9 @@ class RecommendOptions:
     head: str = "mlp"
     fusion: str = "concat"
     head_params: dict = field(default_factory=dict)
+    # auxiliary sets' share of the evidence heads' loss (grouping.evidence; None = every label counts the
+    # same). 1.0 was chosen on validation in bench/grouping_eval.py (docs/bench_grouping.md).
+    aux_weight: float | None = 1.0
     routing: MolGroupConfig = field(default_factory=MolGroupConfig)
 
     def to_json(self) -> dict:
@@ -139,6 +142,7 @@ def recommend(
             head=options.head,
             fusion=options.fusion,
             progress=_phase(progress, 0.7, 1.0),
+            aux_weight=options.aux_weight,
             **options.head_params,
         )
     group, withheld = apply_validation_check(rows, group, evidence)

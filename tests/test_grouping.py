@@ -391,6 +391,7 @@ def test_recommend_result_schema(
     ev = result["evidence"]
     assert ev["metric"] == "roc_auc" and ev["seeds"] == 2 and len(ev["target_alone"]["values"]) == 2
     assert 0.0 <= ev["target_alone"]["mean"] <= 1.0 and ev["group"] == result["recommended_group"]
+    assert ev["aux_weight"] == 1.0 and result["settings"]["aux_weight"] == 1.0
     assert result["settings"]["routing"]["rounds"] == FAST_ROUTING.rounds and result["wall_time_s"] > 0
 
 
