@@ -370,38 +370,6 @@ def _load_results(work: Path) -> dict[str, dict[str, dict]]:
     return out
 
 
-VAL_SELECTED = "fused-val-selected"
-
-
-def add_val_selected(results: dict[str, dict[str, dict]]) -> None:
-    """Add, per data set, the method ``fused-val-selected``: for each seed, the fused head with the best
-    *validation* metric (ROC-AUC up, RMSE down) among the fused methods run on that set, scored on test.
-    This is what ``molfusion train`` with a head search would serve; test metrics are never looked at."""
-    fused = [m for m in METHODS if m.startswith("fused")]
-    for name, by_method in results.items():
-        runs = [by_method[m] for m in fused if m in by_method and "val" in by_method[m]["per_seed"][0]]
-        if len(runs) < 2:
-            continue
-        metric = "roc_auc" if "roc_auc" in runs[0]["per_seed"][0]["val"]["mean"] else "rmse"
-        sign = 1.0 if metric == "roc_auc" else -1.0
-        per_seed, picks = [], []
-        for i, seed in enumerate(SEEDS):
-            cands = [r for r in runs if i < len(r["per_seed"]) and r["per_seed"][i]["seed"] == seed]
-            cands = [r for r in cands if r["per_seed"][i]["val"]["mean"].get(metric) is not None]
-            if not cands:
-                continue
-            best = max(cands, key=lambda r: sign * r["per_seed"][i]["val"]["mean"][metric])
-            picks.append(best["method"])
-            per_seed.append({**best["per_seed"][i], "picked": best["method"]})
-        results[name][VAL_SELECTED] = {
-            "method": VAL_SELECTED,
-            "dataset": name,
-            "per_seed": per_seed,
-            "test": summarise(per_seed),
-            "picked": picks,
-        }
-
-
 def _cell(result: dict | None, metric: str) -> str:
     if result is None or metric not in result["test"]:
         return "not run"
@@ -446,14 +414,11 @@ def _table(results: dict, names: list[str], methods: list[str], metric: str, hig
 def write_report(work: Path, report: Path, machine_text: str) -> None:
     """Render every cached result into the markdown report."""
     results = _load_results(work)
-    add_val_selected(results)
     by_name = {n.split("_sub")[0]: n for n in results}
     cls = [by_name[n] for n in CLASSIFICATION if n in by_name]
     reg = [by_name[n] for n in REGRESSION if n in by_name]
     sparse = [by_name[n] for n in SPARSE if n in by_name]
-    methods = [
-        m for m in [*METHODS, VAL_SELECTED, "chemprop"] if any(m in results.get(n, {}) for n in cls + reg)
-    ]
+    methods = [m for m in [*METHODS, "chemprop"] if any(m in results.get(n, {}) for n in cls + reg)]
     machines = sorted({r.get("machine", "?") for n in results for r in results[n].values() if "machine" in r})
     used = [r for n in results for r in results[n].values() if r.get("encoder_versions")]
     smiles_versions = sorted(
@@ -499,8 +464,7 @@ def write_report(work: Path, report: Path, machine_text: str) -> None:
         " (same `xgb` head); `chemprop` = chemprop 2.x defaults. All `*-mlp*` methods use the compact MLP of"
         " the packaged default heads (one hidden layer of 64 units, dropout 0.2), so `fused-mlp` is exactly"
         " the served configuration; `fused-experts` (4 experts, 128 hidden) and `fused-fmt` use their"
-        " defaults. `fused-val-selected` = per seed, whichever of the six fused heads has the best"
-        " *validation* metric on that seed's split (selection on validation only), scored on test.",
+        " defaults.",
         "",
         "## Classification (test ROC-AUC, higher is better)",
         "",
@@ -593,7 +557,7 @@ def write_report(work: Path, report: Path, machine_text: str) -> None:
             lines.append(f"- {title}: no chemprop run to compare with.")
             continue
         parts = []
-        for m in ("fused-mlp", VAL_SELECTED):
+        for m in ("fused-mlp",):
             v = _group_mean(results, paired, m, metric)
             if v is None:
                 continue
