@@ -66,13 +66,14 @@ for s in $STEPS; do
       # per target (2 torch threads each). DATA = the subsample written by
       # `bench/grouping_eval.py --export-subsample .carry/grp/data --max-rows 1000` (the very rows of the
       # CPU protocol); WHEELS = rdkit and the pydantic(-settings) stack.
-      cache=/tmp/grouping-cache; weights=${AUX_WEIGHTS:-none,1,0.3,0.1}
-      step grouping_embed 300 python3 bench/grouping_eval.py --catalog "$DATA" --max-rows 1000 --cache "$cache" \
+      cache=/tmp/grouping-cache; weights=${AUX_WEIGHTS:-none,1,0.3,0.1}; rows=${MAX_ROWS:-1000}
+      step grouping_embed 300 python3 bench/grouping_eval.py --catalog "$DATA" --max-rows "$rows" --cache "$cache" \
         --embed-only
       echo "=== grouping targets"; t0=$SECONDS
       for t in ${GROUPING_TARGETS:-bbbp bace clintox esol pampa freesolv lipophilicity ppbr}; do
         OMP_NUM_THREADS=2 timeout "${GROUPING_S:-480}" python3 bench/grouping_eval.py --catalog "$DATA" --targets "$t" \
-          --seeds 3 --max-rows 1000 --max-aux-rows 500 --threads 2 --cache "$cache" --aux-weights "$weights" \
+          --seeds "${SEEDS:-3}" --max-rows "$rows" --max-aux-rows 500 --threads 2 --cache "$cache" \
+          --aux-weights "$weights" \
           --out "$RESULT/grouping_$t.json" > "$RESULT/grouping_$t.log" 2>&1 &
       done
       wait; echo "=== grouping targets done in $((SECONDS - t0))s"
