@@ -411,7 +411,48 @@ def _table(results: dict, names: list[str], methods: list[str], metric: str, hig
     return lines
 
 
-def write_report(work: Path, report: Path, machine_text: str) -> None:
+def _cpu_peer_lines(results: dict, peer_work: Path | None) -> list[str]:
+    """chemprop trained on *this* CPU machine (``run --methods chemprop --work PEER``), beside our heads'
+    CPU timings on the same sets: the same-machine throughput comparison."""
+    if peer_work is None:
+        return []
+    peer = _load_results(peer_work)
+    names = [n for n in peer if "chemprop" in peer[n] and n in results]
+    if not names:
+        return []
+    lines = [
+        "",
+        "Same machine (this CPU, 1 thread per process): chemprop trained and predicted here too, on the same"
+        " split files (`run --methods chemprop --work .carry/bench_cpu_cp`). Our heads' training starts from"
+        " cached embeddings; encoding the set once from SMILES is listed as its own column.",
+        "",
+        "| data set | method | train mol/s | predict mol/s | encode mol/s (ours, once) | test metric |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        rows = [("chemprop (CPU)", peer[n]["chemprop"])] + [
+            (m, results[n][m])
+            for m in ("fused-mlp", "fused-xgb", "fused-experts", "fused-fmt")
+            if m in results[n]
+        ]
+        metas = sorted((peer_work.parent / "bench" / "embeddings" / n).glob("meta-*.json"))
+        enc = "—"
+        for path in metas:
+            meta = json.loads(path.read_text())
+            if meta["view"] == meta["views_embedded"][0]:
+                enc = f"{meta['rows'] / meta['seconds']:.0f}"
+        for label, r in rows:
+            tr = np.mean([x["n_train"] / x["train_s"] for x in r["per_seed"]])
+            pr = np.mean([x["n_predict"] / x["predict_s"] for x in r["per_seed"]])
+            metric = "roc_auc" if "roc_auc" in r["test"] else "rmse"
+            lines.append(
+                f"| {n} | {label} | {tr:.0f} | {pr:.0f} | {'—' if label.startswith('chemprop') else enc} |"
+                f" {r['test'][metric]['mean']:.3f} |"
+            )
+    return lines
+
+
+def write_report(work: Path, report: Path, machine_text: str, cpu_peer: Path | None = None) -> None:
     """Render every cached result into the markdown report."""
     results = _load_results(work)
     by_name = {n.split("_sub")[0]: n for n in results}
@@ -515,20 +556,22 @@ def write_report(work: Path, report: Path, machine_text: str) -> None:
         " from SMILES, process start included). Encoding cost is listed separately: predicting from SMILES"
         " with our heads is bounded by the encoders (tens of mol/s on this CPU), not by the heads.",
         "",
-        "| data set | method | train mol/s | predict mol/s | ratio train vs chemprop |",
-        "|---|---|---|---|---|",
+        "All sets, the machine each ran on (heads: this CPU; chemprop: the GPU host with 27 chemprop"
+        " processes at once, so its per-process rates are not a same-machine comparison; see the next"
+        " table for that):",
+        "",
+        "| data set | method | train mol/s | predict mol/s |",
+        "|---|---|---|---|",
     ]
     for n in cls + reg:
-        cp = results.get(n, {}).get("chemprop")
-        cp_train = np.mean([r["n_train"] / r["train_s"] for r in cp["per_seed"]]) if cp else None
         for m in ("fused-mlp", "fused-xgb", "fused-experts", "fused-fmt", "chemprop"):
             r = results.get(n, {}).get(m)
             if r is None:
                 continue
             tr = np.mean([s["n_train"] / s["train_s"] for s in r["per_seed"]])
             pr = np.mean([s["n_predict"] / s["predict_s"] for s in r["per_seed"]])
-            ratio = f"{tr / cp_train:.2f}" if cp_train else "—"
-            lines.append(f"| {n} | {m} | {tr:.0f} | {pr:.0f} | {ratio} |")
+            lines.append(f"| {n} | {m} | {tr:.0f} | {pr:.0f} |")
+    lines += _cpu_peer_lines(results, cpu_peer)
     enc = sorted((work / "embeddings").glob("*/meta-*.json"))
     if enc:
         lines += [
@@ -584,7 +627,7 @@ def write_report(work: Path, report: Path, machine_text: str) -> None:
         "OMP_NUM_THREADS=1 .venv/bin/python bench/heads_benchmark.py sparse --threads 1 \\",
         "    --datasets tox21,qm9,toxcast",
         "# chemprop on the GPU host: split files and data sets carried under .carry/cp (bench/run_gpu.sh)",
-        "WHEELS=.carry/cp/whl DATA=.carry/cp/data STEPS=chemprop bash bench/run_gpu.sh \"$OUT\"",
+        'WHEELS=.carry/cp/whl DATA=.carry/cp/data STEPS=chemprop bash bench/run_gpu.sh "$OUT"',
         "#   then unpack chemprop.tgz's results/<set>/chemprop.json into .carry/bench/results/",
         ".venv/bin/python bench/heads_benchmark.py report",
         "```",
@@ -636,7 +679,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     names = [n for n in args.datasets.split(",") if n]
     if args.command == "report":
-        write_report(args.work, args.report, machine())
+        peer = args.work.parent / "bench_cpu_cp"
+        write_report(args.work, args.report, machine(), peer if peer.exists() else None)
         return
     for name in names:
         if name not in SPECS:
