@@ -78,7 +78,8 @@ def load_probe_set(
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         targets = list(
-            spec.targets or [c for c in columns if c != spec.smiles_column and c not in spec.exclude]
+            spec.label_columns
+            or [c for c in columns if c != spec.smiles_column and c not in spec.exclude_columns]
         )
         smiles, labels = [], []
         for row in reader:

@@ -1,9 +1,11 @@
 """The benchmark / default-head data sets (files in the shared data folder) and cached embeddings.
 
-Each :class:`DatasetSpec` names a CSV in ``MOLFUSION_DATA_DIR``, its SMILES column, label columns,
-task type and label units. :func:`load_dataset` returns the rows whose SMILES parse (and that carry
-at least one label), optionally a deterministic subsample (``max_rows``, seeded permutation) for the
-largest sets. :func:`cached_views` embeds them once per encoder version into ``.npy`` files.
+Each set's definition (:data:`SPECS`: a CSV in ``MOLFUSION_DATA_DIR``, its SMILES column, label
+columns, task type and label units) is its entry in the shipped catalog
+(:class:`grouping.catalog.CatalogEntry`), the one place data sets are described.
+:func:`load_dataset` returns the rows whose SMILES parse (and that carry at least one label),
+optionally a deterministic subsample (``max_rows``, seeded permutation) for the largest sets.
+:func:`cached_views` embeds them once per encoder version into ``.npy`` files.
 """
 
 from __future__ import annotations
@@ -11,82 +13,26 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from grouping.catalog import CatalogEntry, load_catalog
 from models.chemistry import parse_smiles
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    file: str
-    smiles_column: str
-    targets: tuple[str, ...] | None  # None: every column except the SMILES column and ``exclude``
-    task_type: str
-    units: str | None = None
-    exclude: tuple[str, ...] = field(default_factory=tuple)
-
-
-SPECS: dict[str, DatasetSpec] = {
-    s.name: s
-    for s in (
-        DatasetSpec("bbbp", "moleculenet/bbbp.csv", "smiles", ("p_np",), "classification"),
-        DatasetSpec("bace", "moleculenet/bace.csv", "mol", ("Class",), "classification"),
-        DatasetSpec(
-            "clintox", "moleculenet/clintox.csv", "smiles", ("FDA_APPROVED", "CT_TOX"), "classification"
-        ),
-        DatasetSpec("sider", "moleculenet/sider.csv", "smiles", None, "classification"),
-        DatasetSpec("tox21", "moleculenet/tox21.csv", "smiles", None, "classification"),
-        DatasetSpec("hiv", "moleculenet/hiv.csv", "smiles", ("HIV_active",), "classification"),
-        DatasetSpec(
-            "esol",
-            "moleculenet/esol_delaney-processed.csv",
-            "smiles",
-            ("measured log solubility in mols per litre",),
-            "regression",
-            "log10(mol/L)",
-        ),
-        DatasetSpec(
-            "freesolv", "moleculenet/freesolv_SAMPL.csv", "smiles", ("expt",), "regression", "kcal/mol"
-        ),
-        DatasetSpec(
-            "lipophilicity",
-            "moleculenet/lipophilicity.csv",
-            "smiles",
-            ("exp",),
-            "regression",
-            "logD (octanol/water, pH 7.4)",
-        ),
-        DatasetSpec("toxcast", "moleculenet/toxcast.csv.gz", "smiles", None, "classification"),
-        DatasetSpec(
-            "qm9",
-            "moleculenet/qm9.csv.gz",
-            "smiles",
-            ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "u0", "u298", "h298", "g298", "cv"),
-            "regression",
-        ),
-    )
-}
-QM9_UNITS = {
-    "mu": "D",
-    "alpha": "a0^3",
-    "homo": "Ha",
-    "lumo": "Ha",
-    "gap": "Ha",
-    "r2": "a0^2",
-    "zpve": "Ha",
-    "u0": "Ha",
-    "u298": "Ha",
-    "h298": "Ha",
-    "g298": "Ha",
-    "cv": "cal/(mol K)",
-}
+# The MoleculeNet sets the heads are trained and benchmarked on; their definitions (file, SMILES column,
+# labels, task type, units) are the shipped catalog's entries (grouping/catalog/catalog.json), so each
+# set is described once.
+HEAD_SETS = (
+    "bbbp", "bace", "clintox", "sider", "tox21", "hiv", "esol", "freesolv", "lipophilicity", "toxcast", "qm9"
+)
+DatasetSpec = CatalogEntry
+SPECS: dict[str, DatasetSpec] = {e.name: e for e in load_catalog(extra=None) if e.name in HEAD_SETS}
 
 
 @dataclass
@@ -107,18 +53,16 @@ class Dataset:
 
     @property
     def units(self) -> list[str | None]:
-        if self.spec.name == "qm9":
-            return [QM9_UNITS[t] for t in self.tasks]
-        return [self.spec.units] * len(self.tasks)
+        return [self.spec.unit_of(t) for t in self.tasks]
 
 
 def load_dataset(name: str, data_dir: Path, max_rows: int | None = None, seed: int = 0) -> Dataset:
     spec = SPECS[name]
     frame = pd.read_csv(data_dir / spec.file)
     tasks = (
-        list(spec.targets)
-        if spec.targets
-        else [c for c in frame.columns if c != spec.smiles_column and c not in spec.exclude]
+        list(spec.label_columns)
+        if spec.label_columns
+        else [c for c in frame.columns if c != spec.smiles_column and c not in spec.exclude_columns]
     )
     y = frame[tasks].to_numpy(dtype=np.float32)
     smiles = frame[spec.smiles_column].astype(str).tolist()

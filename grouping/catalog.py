@@ -58,6 +58,10 @@ class CatalogEntry:
     notes: str = ""
     overlaps: dict[str, str] = field(default_factory=dict)
     source: str = "shipped"  # "shipped" or "user"
+    units: str | dict[str, str] | None = None  # one unit for every label, or one per label column
+
+    def unit_of(self, column: str) -> str | None:
+        return self.units.get(column) if isinstance(self.units, dict) else self.units
 
     def path(self, catalog_dir: Path) -> Path:
         p = Path(self.file)
@@ -110,6 +114,9 @@ def parse_entry(raw: dict, source: str = "shipped") -> CatalogEntry:
         if not isinstance(flt, dict) or "column" not in flt or "equals" not in flt:
             raise CatalogError(f"catalog entry {name!r}: row_filter needs 'column' and 'equals'")
         row_filter = RowFilter(str(flt["column"]), str(flt["equals"]))
+    units = raw.get("units")
+    if units is not None and not isinstance(units, str | dict):
+        raise CatalogError(f"catalog entry {name!r}: units must be a string, an object or null")
     return CatalogEntry(
         name=name,
         file=file,
@@ -121,6 +128,7 @@ def parse_entry(raw: dict, source: str = "shipped") -> CatalogEntry:
         notes=str(raw.get("notes", "")),
         overlaps={str(k): str(v) for k, v in (raw.get("overlaps") or {}).items()},
         source=source,
+        units={str(k): str(v) for k, v in units.items()} if isinstance(units, dict) else units,
     )
 
 

@@ -69,6 +69,19 @@ def test_row_filter_and_subsample_are_applied(data_dir: Path) -> None:
     assert tox21.labels.shape[1] == 12 and np.isnan(tox21.labels).any()  # missing labels stay NaN
 
 
+def test_head_data_sets_are_the_catalog_entries_with_their_units() -> None:
+    """fusion.datasets describes no set of its own: every head set is the shipped catalog's entry."""
+    from fusion.datasets import HEAD_SETS, SPECS
+
+    shipped = {e.name: e for e in load_catalog(extra=None)}
+    assert set(SPECS) == set(HEAD_SETS) and all(SPECS[n] == shipped[n] for n in SPECS)
+    assert SPECS["esol"].unit_of("measured log solubility in mols per litre") == "log10(mol/L)"
+    assert SPECS["qm9"].unit_of("homo") == "Ha" and SPECS["qm9"].unit_of("cv") == "cal/(mol K)"
+    assert SPECS["bbbp"].unit_of("p_np") is None
+    with pytest.raises(CatalogError, match="units must be"):
+        parse_entry({"name": "x", "file": "a", "smiles_column": "s", "task_type": "regression", "units": 3})
+
+
 def test_catalog_entry_errors_name_the_field(tmp_path: Path, data_dir: Path) -> None:
     with pytest.raises(CatalogError, match="lacks field 'smiles_column'"):
         parse_entry({"name": "x", "file": "a.csv", "task_type": "regression"})
