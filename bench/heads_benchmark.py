@@ -387,7 +387,9 @@ def _group_mean(results: dict, names: list[str], method: str, metric: str) -> fl
     return float(np.mean(vals)) if len(vals) == len(names) and vals else None
 
 
-def _table(results: dict, names: list[str], methods: list[str], metric: str, higher: bool) -> list[str]:
+def _table(
+    results: dict, names: list[str], methods: list[str], metric: str, higher: bool, vs_chemprop: bool = True
+) -> list[str]:
     lines = ["| data set | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for n in names:
         label = n
@@ -399,7 +401,7 @@ def _table(results: dict, names: list[str], methods: list[str], metric: str, hig
     paired = [
         n for n in names if "chemprop" in results.get(n, {}) and metric in results[n]["chemprop"]["test"]
     ]
-    if paired:
+    if paired and vs_chemprop:
         ref = _group_mean(results, paired, "chemprop", metric)
         cells = []
         for m in methods:
@@ -546,7 +548,7 @@ def write_report(work: Path, report: Path, machine_text: str, cpu_peer: Path | N
                 if any(metric in r["test"] for r in results[n].values() if r["method"] in smethods)
             ]
             if rows:
-                lines += [f"Test {title}:", "", *_table(results, rows, smethods, metric, higher), ""]
+                lines += [f"Test {title}:", "", *_table(results, rows, smethods, metric, higher, False), ""]
     lines += [
         "## Throughput",
         "",
