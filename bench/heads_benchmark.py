@@ -493,8 +493,9 @@ def write_report(work: Path, report: Path, machine_text: str, cpu_peer: Path | N
         " metrics,"
         " mean ± std over seeds (population std); multi-task sets average the metric over tasks (tasks whose"
         " test split holds a single class are skipped for ROC-AUC). Heads use default hyper-parameters"
-        " (`fusion/predictors/*.py`); chemprop 2.3.1 runs with its CLI defaults (D-MPNN, 50 epochs) in a"
-        " separate venv on the same split CSVs. Rows whose SMILES do not pass `models.chemistry.parse_smiles`"
+        " (`fusion/predictors/*.py`); chemprop 2.3.1 runs with its CLI defaults (D-MPNN, 50 epochs) in its"
+        " own environment (its RDKit pin differs from ours) on the same split CSVs. Rows whose SMILES do"
+        " not pass `models.chemistry.parse_smiles`"
         " are dropped for every method (Tox21 8 unparsable; HIV 7 unparsable + 5 over 200 atoms;"
         " SIDER 19 over 200 atoms + 8 over 1000 characters). HIV and QM9 are deterministic 5,000-molecule"
         " subsamples (numpy permutation, seed 0; `hiv_sub5000`, `qm9_sub5000`) because encoding all"
@@ -549,6 +550,13 @@ def write_report(work: Path, report: Path, machine_text: str, cpu_peer: Path | N
             ]
             if rows:
                 lines += [f"Test {title}:", "", *_table(results, rows, smethods, metric, higher, False), ""]
+        notes = [
+            f"- {n} `{m}`: {results[n][m]['note']}"
+            for n in sparse
+            for m in smethods
+            if m in results[n] and results[n][m].get("note")
+        ]
+        lines += ["Notes on how these runs were made:", "", *notes, ""] if notes else []
     lines += [
         "## Throughput",
         "",
@@ -610,7 +618,12 @@ def write_report(work: Path, report: Path, machine_text: str, cpu_peer: Path | N
             parts.append(f"`{m}` {v:.3f} {'matches or beats' if ok else 'does NOT match'} chemprop {ref:.3f}")
         lines.append(f"- {title} ({metric}, mean over {', '.join(paired)}): " + "; ".join(parts) + ".")
     lines.append("")
-    loads = [r["load_average_1m"] for n in results for r in results[n].values() if "load_average_1m" in r]
+    loads = [
+        r["load_average_1m"]
+        for n in results
+        for r in results[n].values()
+        if "load_average_1m" in r and r.get("machine") == machine_text
+    ]
     if loads:
         lines += [
             "",
