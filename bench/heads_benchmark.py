@@ -413,7 +413,26 @@ def _table(
     return lines
 
 
-def _cpu_peer_lines(results: dict, peer_work: Path | None) -> list[str]:
+def _rates(result: dict) -> tuple[float, float]:
+    """Mean over seeds of training and prediction molecules per second."""
+    seeds = result["per_seed"]
+    return (
+        float(np.mean([s["n_train"] / s["train_s"] for s in seeds])),
+        float(np.mean([s["n_predict"] / s["predict_s"] for s in seeds])),
+    )
+
+
+def _embedding_runs(work: Path) -> list[tuple[str, dict]]:
+    """(data set, meta) of every cached embedding run under ``work`` (one meta per run, not per view)."""
+    runs = []
+    for path in sorted((work / "embeddings").glob("*/meta-*.json")):
+        meta = json.loads(path.read_text())
+        if meta["view"] == meta["views_embedded"][0]:
+            runs.append((path.parent.name, meta))
+    return runs
+
+
+def _cpu_peer_lines(results: dict, work: Path, peer_work: Path | None) -> list[str]:
     """chemprop trained on *this* CPU machine (``run --methods chemprop --work PEER``), beside our heads'
     CPU timings on the same sets: the same-machine throughput comparison."""
     if peer_work is None:
@@ -437,15 +456,9 @@ def _cpu_peer_lines(results: dict, peer_work: Path | None) -> list[str]:
             for m in ("fused-mlp", "fused-xgb", "fused-experts", "fused-fmt")
             if m in results[n]
         ]
-        metas = sorted((peer_work.parent / "bench" / "embeddings" / n).glob("meta-*.json"))
-        enc = "—"
-        for path in metas:
-            meta = json.loads(path.read_text())
-            if meta["view"] == meta["views_embedded"][0]:
-                enc = f"{meta['rows'] / meta['seconds']:.0f}"
+        enc = next((f"{m['rows'] / m['seconds']:.0f}" for d, m in _embedding_runs(work) if d == n), "—")
         for label, r in rows:
-            tr = np.mean([x["n_train"] / x["train_s"] for x in r["per_seed"]])
-            pr = np.mean([x["n_predict"] / x["predict_s"] for x in r["per_seed"]])
+            tr, pr = _rates(r)
             metric = "roc_auc" if "roc_auc" in r["test"] else "rmse"
             lines.append(
                 f"| {n} | {label} | {tr:.0f} | {pr:.0f} | {'—' if label.startswith('chemprop') else enc} |"
@@ -578,11 +591,10 @@ def write_report(work: Path, report: Path, machine_text: str, cpu_peer: Path | N
             r = results.get(n, {}).get(m)
             if r is None:
                 continue
-            tr = np.mean([s["n_train"] / s["train_s"] for s in r["per_seed"]])
-            pr = np.mean([s["n_predict"] / s["predict_s"] for s in r["per_seed"]])
+            tr, pr = _rates(r)
             lines.append(f"| {n} | {m} | {tr:.0f} | {pr:.0f} |")
-    lines += _cpu_peer_lines(results, cpu_peer)
-    enc = sorted((work / "embeddings").glob("*/meta-*.json"))
+    lines += _cpu_peer_lines(results, work, cpu_peer)
+    enc = _embedding_runs(work)
     if enc:
         lines += [
             "",
@@ -591,12 +603,9 @@ def write_report(work: Path, report: Path, machine_text: str, cpu_peer: Path | N
             "| data set | view(s) embedded | encoder | molecules | mol/s |",
             "|---|---|---|---|---|",
         ]
-        for path in enc:
-            meta = json.loads(path.read_text())
-            if meta["view"] != meta["views_embedded"][0]:  # one row per embedding run
-                continue
+        for name, meta in enc:
             lines.append(
-                f"| {path.parent.name} | {'+'.join(meta['views_embedded'])} | {meta['version']} |"
+                f"| {name} | {'+'.join(meta['views_embedded'])} | {meta['version']} |"
                 f" {meta['rows']} | {meta['rows'] / meta['seconds']:.0f} |"
             )
     lines += ["## Summary (computed from the tables above)", ""]

@@ -42,8 +42,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from fusion.datasets import SPECS, DatasetSpec  # noqa: E402
+from fusion.datasets import SPECS  # noqa: E402
 from fusion.splits import scaffold_split  # noqa: E402
+from grouping.catalog import CatalogEntry, resolve_label_columns  # noqa: E402
 from models.chemistry import parse_smiles  # noqa: E402
 from models.embedder import (  # noqa: E402
     DEFAULT_GRAPH_ENCODER,
@@ -71,16 +72,13 @@ PROBE_SETS = tuple(
 
 
 def load_probe_set(
-    data_dir: Path, spec: DatasetSpec, limit: int | None, seed: int = 0
+    data_dir: Path, spec: CatalogEntry, limit: int | None, seed: int = 0
 ) -> tuple[list[str], np.ndarray]:
     """Canonical SMILES and labels ``[N, T]`` (NaN = missing) of the rows that parse and carry a label."""
     with open(data_dir / spec.file, newline="") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
-        targets = list(
-            spec.label_columns
-            or [c for c in columns if c != spec.smiles_column and c not in spec.exclude_columns]
-        )
+        targets = resolve_label_columns(spec, list(columns))
         smiles, labels = [], []
         for row in reader:
             parsed = parse_smiles(row[spec.smiles_column])

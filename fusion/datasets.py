@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from grouping.catalog import CatalogEntry, load_catalog
+from grouping.catalog import CatalogEntry, load_catalog, resolve_label_columns
 from models.chemistry import parse_smiles
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,13 @@ log = logging.getLogger(__name__)
 HEAD_SETS = (
     "bbbp", "bace", "clintox", "sider", "tox21", "hiv", "esol", "freesolv", "lipophilicity", "toxcast", "qm9"
 )
-DatasetSpec = CatalogEntry
-SPECS: dict[str, DatasetSpec] = {e.name: e for e in load_catalog(extra=None) if e.name in HEAD_SETS}
+SPECS: dict[str, CatalogEntry] = {e.name: e for e in load_catalog(extra=None) if e.name in HEAD_SETS}
 
 
 @dataclass
 class Dataset:
     name: str  # the spec name, or ``<name>_sub<N>`` for a subsample
-    spec: DatasetSpec
+    spec: CatalogEntry
     smiles: list[str]
     y: np.ndarray  # [N, T], NaN = missing
     tasks: list[str]
@@ -59,11 +58,7 @@ class Dataset:
 def load_dataset(name: str, data_dir: Path, max_rows: int | None = None, seed: int = 0) -> Dataset:
     spec = SPECS[name]
     frame = pd.read_csv(data_dir / spec.file)
-    tasks = (
-        list(spec.label_columns)
-        if spec.label_columns
-        else [c for c in frame.columns if c != spec.smiles_column and c not in spec.exclude_columns]
-    )
+    tasks = resolve_label_columns(spec, list(frame.columns))
     y = frame[tasks].to_numpy(dtype=np.float32)
     smiles = frame[spec.smiles_column].astype(str).tolist()
     parses = np.array([parse_smiles(s).ok for s in smiles])

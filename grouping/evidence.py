@@ -88,7 +88,7 @@ def stack(target: SetFeatures, group: Sequence[SetFeatures], exclude: set[str]) 
     tasks = list(target.label_columns)
     removed = 0
     set_of_task = [0] * t_tasks
-    for k, aux in enumerate(group, start=1):
+    for set_no, aux in enumerate(group, start=1):
         keep = np.array([s not in exclude for s in aux.smiles], dtype=bool)
         removed += int((~keep).sum())
         labels = aux.labels[keep]
@@ -96,7 +96,7 @@ def stack(target: SetFeatures, group: Sequence[SetFeatures], exclude: set[str]) 
         blocks.append(labels[:, cols])
         types += [aux.task_types[c] for c in cols]
         tasks += [f"{aux.name}:{aux.label_columns[c]}" for c in cols]
-        set_of_task += [k] * len(cols)
+        set_of_task += [set_no] * len(cols)
         for k, v in aux.views().items():
             views[k].append(v[keep])
     n_rows = len(target) + sum(len(b) for b in blocks)

@@ -10,10 +10,9 @@ loaded, so importing the heads (e.g. for an MLP-only job or a benchmark host wit
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,10 +22,6 @@ if TYPE_CHECKING:
     import xgboost
 
 log = logging.getLogger(__name__)
-
-
-def _xgb() -> Any:
-    return importlib.import_module("xgboost")
 
 
 @dataclasses.dataclass
@@ -86,7 +81,8 @@ class XGBPredictor:
         groups: np.ndarray | None = None,
     ) -> dict:
         assert data.fused is not None
-        xgb = _xgb()
+        import xgboost as xgb
+
         self.boosters, self.best_iterations = [], []
         for t, kind in enumerate(self.task_types):
             tr = train_idx[~np.isnan(y[train_idx, t])]
@@ -111,7 +107,9 @@ class XGBPredictor:
         out = np.empty((len(data), len(self.task_types)), dtype=np.float32)
         if not len(data):
             return out
-        d = _xgb().DMatrix(data.fused)
+        import xgboost as xgb
+
+        d = xgb.DMatrix(data.fused)
         for t, booster in enumerate(self.boosters):
             out[:, t] = booster.predict(d, iteration_range=(0, self.best_iterations[t] + 1))
         return out
@@ -123,8 +121,10 @@ class XGBPredictor:
 
     def load(self, directory: Path, config: dict) -> None:
         self.best_iterations = [int(b) for b in config["best_iterations"]]
+        import xgboost as xgb
+
         self.boosters = []
         for t in range(len(self.task_types)):
-            booster = _xgb().Booster()
+            booster = xgb.Booster()
             booster.load_model(str(directory / booster_file(t)))
             self.boosters.append(booster)
