@@ -10,7 +10,8 @@ on CPU (use ``--limit``) and on a CUDA host (bf16 autocast, like the embedder).
 
 Stages (each timed with wall clock, CUDA synchronised, best of ``--repeats`` for the short ones):
 
-* ``parse``: RDKit ``MolFromSmiles`` alone (the floor of any featurizer);
+* ``parse``: RDKit ``MolFromSmiles`` alone, and our ``mol_from_smiles`` (its fast path for SMILES without
+  stereo marks or hydrogen atoms, :mod:`models.chemistry`);
 * ``parse + canonical``: :func:`models.chemistry.parse_smiles`;
 * ``from_smiles``: torch-geometric's featurizer, 1 core (the peer);
 * ``featurize_chunk, 1 core``: :func:`models.featurizer.featurize_chunk` = parse + canonical SMILES +
@@ -43,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine_info import machine_info  # noqa: E402
-from models.chemistry import ParsePolicy, parse_smiles  # noqa: E402
+from models.chemistry import ParsePolicy, mol_from_smiles, parse_smiles  # noqa: E402
 from models.embedder import Embedder, GraphView, SmilesView  # noqa: E402
 from models.featurizer import collate_graphs, featurize_chunk, featurize_smiles  # noqa: E402
 from models.graph_encoder import GraphEncoder, GraphEncoderConfig  # noqa: E402
@@ -100,6 +101,7 @@ def bench_featurization(report: Report, smiles: list[str], n_one: int, workers: 
     sample = smiles[:n_one]
     stages = {
         "parse (RDKit MolFromSmiles), 1 core": lambda: [Chem.MolFromSmiles(s) for s in sample],
+        "parse (molfusion mol_from_smiles, fast path), 1 core": lambda: [mol_from_smiles(s) for s in sample],
         "parse + canonical SMILES (parse_smiles), 1 core": lambda: [parse_smiles(s) for s in sample],
         "from_smiles (torch-geometric), 1 core": lambda: [from_smiles(s) for s in sample],
         "featurize_chunk (parse+canonical+graph), 1 core": lambda: featurize_chunk(sample),
@@ -110,12 +112,14 @@ def bench_featurization(report: Report, smiles: list[str], n_one: int, workers: 
     ratios = []
     for _ in range(repeats):
         took = {name: wall(fn) for name, fn in stages.items()}
-        peer_s, ours_s = (took[name] for name in list(stages)[2:])
+        peer_s, ours_s = (took[name] for name in list(stages)[3:])
         ratios.append(peer_s / ours_s)
         best = {name: min(best[name], took[name]) for name in stages}
-    parse, canonical, peer, ours = (report.add(name, len(sample), best[name]) for name in stages)
+    parse, fast, canonical, peer, ours = (report.add(name, len(sample), best[name]) for name in stages)
     print(f"  -> featurize_chunk vs from_smiles: {ours / peer:.2f}x (best of {repeats}); per repeat: "
           + ", ".join(f"{r:.2f}x" for r in ratios))
+    print(f"  -> parse fast path {1e6 / fast:.0f} us/mol vs MolFromSmiles {1e6 / parse:.0f} "
+          f"({fast / parse:.2f}x)")
     print(f"  -> us/mol: parse {1e6 / parse:.0f}, + canonical {1e6 / canonical:.0f}, "
           f"+ graph {1e6 / ours:.0f} (graph alone {1e6 / ours - 1e6 / canonical:.0f}); "
           f"from_smiles {1e6 / peer:.0f}")

@@ -4,12 +4,20 @@ Every input gets either a canonical SMILES (stereo kept) or a human-readable rea
 once: :func:`parse_smiles` returns the RDKit ``Mol`` alongside the canonical form so the graph
 featurizer can reuse it.
 
+Fast path. ``Chem.MolFromSmiles`` is parse + sanitize + explicit-hydrogen removal + stereo perception
+(``assignStereochemistry(cleanIt=True)``). A SMILES with no stereo marks (``@ / \\``) and no hydrogen
+atom (``[H]``, ``[2H]``…) gives those last two steps nothing to do, so it is parsed unsanitized and then
+sanitized (the same ``SanitizeMol`` operations): about a third less parse time, and the same canonical
+SMILES and graph (checked on every molecule of the shared data sets; ``tests/test_chemistry.py``).
+Everything else takes the full ``MolFromSmiles`` path.
+
 >>> parse_smiles("C(O)C").canonical == parse_smiles("OCC").canonical
 True
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -48,6 +56,24 @@ class ParsedMolecule:
         return self.error is None
 
 
+# stereo marks, or a bracket atom whose element is hydrogen ([H], [2H], [H+]; not [He], [Hg], [NH4+])
+_FULL_PARSE = re.compile(r"[@/\\]|\[[0-9]*H(?![a-z])")
+
+
+def mol_from_smiles(text: str) -> Chem.Mol | None:
+    """``Chem.MolFromSmiles(text)``, through the fast path above when it provably gives the same molecule."""
+    if _FULL_PARSE.search(text):
+        return Chem.MolFromSmiles(text)
+    mol = Chem.MolFromSmiles(text, sanitize=False)
+    if mol is None:
+        return None
+    try:
+        Chem.SanitizeMol(mol)
+    except (Chem.rdchem.MolSanitizeException, RuntimeError, ValueError):
+        return None
+    return mol
+
+
 def _invalid(text: str, reason: str) -> ParsedMolecule:
     return ParsedMolecule(input=text, canonical=None, mol=None, error=reason)
 
@@ -71,7 +97,7 @@ def parse_smiles(smiles: object, policy: ParsePolicy = ParsePolicy()) -> ParsedM
         return _invalid(smiles, "SMILES contains non-ASCII characters")
     if any(c.isspace() for c in text):
         return _invalid(smiles, "SMILES contains whitespace")
-    mol = Chem.MolFromSmiles(text)
+    mol = mol_from_smiles(text)
     if mol is None:
         return _invalid(smiles, "unparsable SMILES (RDKit could not parse or sanitize it)")
     if mol.GetNumAtoms() == 0:

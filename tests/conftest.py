@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Keys molfusion writes to Redis (jobs, queue, embedding cache) and those of its job queue library, arq.
+OWN_REDIS_PREFIXES = (b"molfusion:", b"arq:")
 
 
 def _data_dir() -> Path:
@@ -77,3 +79,36 @@ def tiny_env(
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
+
+
+def _clear_own_keys(client, db: int) -> None:
+    """Delete molfusion's and arq's keys in ``db``; fail, touching nothing, if it holds anything else."""
+    foreign = [k for k in client.scan_iter(count=1000) if not k.startswith(OWN_REDIS_PREFIXES)]
+    if foreign:
+        pytest.fail(f"Redis database {db} at 127.0.0.1:6379 holds {len(foreign)} keys that are not "
+                    f"molfusion's (e.g. {foreign[0]!r}); the tests use it only when it is empty or holds "
+                    "molfusion's keys, so nothing of yours is deleted. Empty it or free that database.")
+    keys = list(client.scan_iter(count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture()
+def own_redis_db():
+    """``claim(db) -> redis.Redis``: a database of the local Redis for one test, cleared of molfusion's
+    keys before and after; a database holding other keys makes the test fail instead of being flushed."""
+    import redis
+
+    claimed = []
+
+    def claim(db: int):
+        client = redis.Redis(host="127.0.0.1", port=6379, db=db, socket_timeout=5)
+        client.ping()
+        _clear_own_keys(client, db)
+        claimed.append((client, db))
+        return client
+
+    yield claim
+    for client, db in claimed:
+        _clear_own_keys(client, db)
+        client.close()

@@ -78,3 +78,51 @@ def test_murcko_scaffold() -> None:
     assert murcko_scaffold("CCc1ccccc1") == "c1ccccc1"
     assert murcko_scaffold("CCO") == ""
     assert murcko_scaffold("not smiles") == ""
+
+
+@pytest.mark.parametrize(
+    ("smiles", "full"),
+    [
+        ("CCO", False),
+        ("[NH4+].[Cl-]", False),  # bracket atoms with H counts are not hydrogen atoms
+        ("[He]", False),
+        ("[Hg+2]", False),
+        ("C[C@H](O)N", True),
+        ("C/C=C/C", True),
+        ("F\\C=C\\F", True),
+        ("[H]OC", True),
+        ("[2H]C([2H])[2H]", True),
+        ("[H+]", True),
+    ],
+)
+def test_fast_parse_path_is_taken_only_without_stereo_marks_or_hydrogen_atoms(smiles: str, full: bool) -> None:
+    from models.chemistry import _FULL_PARSE
+
+    assert bool(_FULL_PARSE.search(smiles)) is full
+
+
+def test_fast_parse_path_gives_the_same_molecules_as_molfromsmiles(data_dir, monkeypatch) -> None:
+    """Canonical SMILES, errors and graph features are identical with and without the fast path, on real
+    molecules of several sets (the whole shared collection was checked the same way when it was added)."""
+    import numpy as np
+    from rdkit import Chem
+
+    import models.chemistry as chem
+    from models.featurizer import featurize_packed
+
+    smiles: list[str] = []
+    for rel, col in [
+        ("moleculenet/bbbp.csv", "smiles"),
+        ("moleculenet/tox21.csv", "smiles"),
+        ("moleculenet/freesolv_SAMPL.csv", "smiles"),
+        ("tdc/herg_karim.csv", "Drug"),
+    ]:
+        smiles += pd.read_csv(data_dir / rel)[col].astype(str).head(600).tolist()
+    smiles += ["C1CC", "c1cccc1", "CC(C)(C)(C)C", "", "Cl[Na]", "C[N+](C)(C)C.[Br-]"]  # invalid, salt
+    fast = featurize_packed(smiles)
+    monkeypatch.setattr(chem, "mol_from_smiles", Chem.MolFromSmiles)
+    full = featurize_packed(smiles)
+    assert fast[0] == full[0] and fast[1] == full[1]
+    for key in ("num_atoms", "num_edges", "x", "edge_index", "edge_attr"):
+        assert np.array_equal(getattr(fast[2], key), getattr(full[2], key)), key
+    assert sum(not chem._FULL_PARSE.search(s) for s in smiles) > 1000  # the fast path was exercised

@@ -362,7 +362,7 @@ def test_env_example_names_real_settings() -> None:
 # ---------------------------------------------------------------------------------------------------------
 # compose smoke test: the api and worker services as local processes
 # ---------------------------------------------------------------------------------------------------------
-SMOKE_REDIS_DB = 14  # a database of its own on the shared local Redis; flushed before and after the test
+SMOKE_REDIS_DB = 14  # its own database on the local Redis, cleared of molfusion's keys around the test
 # Speed settings of the smoke recommendation (it checks the wiring; grouping's own tests check the method):
 # 50 molecules per catalog set, no evidence training.
 SMOKE_SPEED = {"MOLFUSION_RECOMMEND_MAX_AUX_ROWS": "50", "MOLFUSION_RECOMMEND_EVIDENCE_SEEDS": "0"}
@@ -473,17 +473,13 @@ def smoke_heads(tmp_path: Path, tiny_embedder, data_dir: Path) -> Path:
 
 
 @pytest.fixture()
-def smoke_redis():
+def smoke_redis(own_redis_db):
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=6379, db=SMOKE_REDIS_DB, socket_timeout=2)
     try:
-        client.ping()
+        return own_redis_db(SMOKE_REDIS_DB)
     except redis.RedisError as exc:
         pytest.fail(f"the compose smoke test needs the local Redis at 127.0.0.1:6379 ({exc})")
-    client.flushdb()
-    yield client
-    client.flushdb()
 
 
 @pytest.mark.redis

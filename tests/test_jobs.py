@@ -22,7 +22,8 @@ from app.jobs import JobService, reset_shared_embedder
 from app.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parent.parent
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_DB = 13  # cleared of molfusion's keys around each test; one holding other keys fails the test
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 KEEP = ("esol", "pampa")
 
 
@@ -195,19 +196,15 @@ def test_dataset_registration_endpoint(jobs_env: Settings, bbbp: pd.DataFrame) -
 
 
 @pytest.fixture()
-def redis_env(jobs_env: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
+def redis_env(jobs_env: Settings, monkeypatch: pytest.MonkeyPatch, own_redis_db) -> Iterator[Settings]:
     redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL)
     try:
-        client.ping()
+        own_redis_db(REDIS_DB)
     except redis.exceptions.ConnectionError:
         pytest.skip("no Redis at 127.0.0.1:6379")
-    client.flushdb()
     monkeypatch.setenv("MOLFUSION_REDIS_URL", REDIS_URL)
     get_settings.cache_clear()
     yield get_settings()
-    client.flushdb()
-    client.close()
     get_settings.cache_clear()
 
 
