@@ -19,6 +19,8 @@ Stages (each timed with wall clock, CUDA synchronised, best of ``--repeats`` for
 * ``featurize N cores``: :func:`models.featurizer.featurize_smiles` with N worker processes;
 * ``smiles encoder`` / ``graph encoder``: forward passes on pre-tokenized / pre-featurized batches;
 * ``pipeline worker``: :func:`models.pipeline.prepare_chunk` on one core (a worker's whole job);
+* ``prepare_chunk on N processes at once``: the host's preparation capacity (``--capacity-workers``),
+  full RDKit parse and fast parse path interleaved; an upper bound for the end-to-end pipeline;
 * ``pipeline parent``: the pipeline parent's cost per molecule without forward passes (stub encoders);
 * ``end to end (Embedder.embed)``: the library API, all views, one call on the whole input;
 * ``end to end (pipeline)``: :class:`models.pipeline.EmbeddingPipeline`, preparation on all cores
@@ -34,6 +36,7 @@ import pickle
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -277,6 +280,45 @@ def bench_pipeline_parts(
           f"{n / seconds:,.0f} mol/s")
 
 
+def _prepare_part(args: tuple) -> int:
+    """A capacity-stage task: one chunk through the pipeline worker's whole job; only its size returns."""
+    return prepare_chunk(*args).size
+
+
+def bench_worker_capacity(report: Report, smiles: list[str], smiles_view: SmilesView, counts: list[int],
+                          batch_size: int, chunk_size: int) -> None:
+    """The host's preparation capacity: ``prepare_chunk`` over the input on N worker processes at once,
+    without the device or the parent's tensor work, once with RDKit's full ``MolFromSmiles`` and once
+    with the fast parse path (interleaved per N). The end-to-end pipeline cannot beat this rate."""
+    from rdkit import Chem
+
+    import models.chemistry as chemistry
+    from models.pipeline import _init_worker
+
+    pipe = EmbeddingPipeline(smiles_view, SimpleNamespace(dim=0), torch.device("cpu"), batch_size=batch_size,
+                             workers=1, chunk_size=chunk_size)
+    need = {"smiles", "graph"}
+    fast = chemistry.mol_from_smiles
+    single = {}
+    for n in counts:
+        use = smiles[: 8 * n * chunk_size]  # eight chunks per process, at most the whole input
+        parts = [pipe.worker_args(s, use[s : s + chunk_size], need) for s in range(0, len(use), chunk_size)]
+        for parse, fn in (("full parse", Chem.MolFromSmiles), ("fast parse", fast)):
+            chemistry.mol_from_smiles = fn  # the forked workers inherit it
+            try:
+                tokenizer = (pipe.worker_tokenizer,)
+                with ProcessPoolExecutor(n, initializer=_init_worker, initargs=tokenizer) as pool:
+                    list(pool.map(_prepare_part, [parts[0]] * n))  # start-up and warm-up, untimed
+                    seconds = wall(lambda pool=pool, parts=parts: sum(pool.map(_prepare_part, parts)))
+            finally:
+                chemistry.mol_from_smiles = fast
+            rate = report.add(f"prepare_chunk on {n} processes at once, no device ({parse})", len(use),
+                              seconds, processes=n, parse=parse)
+            single.setdefault(parse, rate)
+            report.rows[-1]["scaling_vs_first"] = round(rate / single[parse], 2)
+            print(f"  -> {rate / single[parse]:.1f}x the {counts[0]}-process rate")
+
+
 def bench_end_to_end(
     report: Report,
     smiles: list[str],
@@ -365,6 +407,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--pipeline-parts-only", action="store_true",
                         help="Per size, only the pipeline's worker and parent stages (no forward passes).")
+    parser.add_argument("--capacity-workers", default="",
+                        help="Process counts for the preparation-capacity stage, comma-separated "
+                             "(e.g. 1,8,16); empty skips it.")
     parser.add_argument("--json", type=Path, help="Also write the results as JSON here.")
     args = parser.parse_args(argv)
 
@@ -399,6 +444,10 @@ def main(argv: list[str] | None = None) -> None:
             parts = smiles[: args.parts_limit]
             bench_pipeline_parts(report, parts, SmilesView(model, tokenizer, size), GraphView(graph, "graph"),
                                  device, batch_size, args.chunk_size, args.repeats)
+        counts = [int(c) for c in args.capacity_workers.split(",") if c.strip()]
+        if counts and size == "default":
+            bench_worker_capacity(report, smiles, SmilesView(model, tokenizer, size), counts, batch_size,
+                                  args.chunk_size)
         if not (args.skip_end_to_end or args.pipeline_parts_only):
             bench_end_to_end(
                 report, smiles, model, graph, tokenizer, size, device, batch_size, workers, args.chunk_size

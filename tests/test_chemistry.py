@@ -95,7 +95,7 @@ def test_murcko_scaffold() -> None:
         ("[H+]", True),
     ],
 )
-def test_fast_parse_path_is_taken_only_without_stereo_marks_or_hydrogen_atoms(smiles: str, full: bool) -> None:
+def test_fast_parse_path_only_without_stereo_marks_or_hydrogen_atoms(smiles: str, full: bool) -> None:
     from models.chemistry import _FULL_PARSE
 
     assert bool(_FULL_PARSE.search(smiles)) is full
