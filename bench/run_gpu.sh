@@ -34,8 +34,9 @@ for s in $STEPS; do
     probe)
       step probe "${PROBE_S:-420}" python3 bench/probe_quality.py --data-dir "$DATA" --out-dir "$RESULT" --seeds 3 ;;
     embed)
-      step embed "${EMBED_S:-240}" python3 bench/embed_throughput.py --data-dir "$DATA" --sizes default,xl \
-        --limit 50000 --one-core 3000 --repeats 3 --parts-limit 10000 --json "$RESULT/embed.json" ;;
+      step embed "${EMBED_S:-360}" python3 bench/embed_throughput.py --data-dir "$DATA" --sizes default,xl \
+        --limit 100000 --one-core 3000 --repeats 3 --parts-limit 10000 --capacity-workers 1,8,16 \
+        --json "$RESULT/embed.json" ;;
     serve)
       step serve "${SERVE_S:-200}" python3 bench/serve_load.py --device cuda --encoders default --data-dir "$DATA" \
         --duration 3 --warmup 0.5 ${SERVE_ARGS:-} --out "$RESULT/serve.json" ;;
