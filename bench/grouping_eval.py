@@ -74,13 +74,6 @@ class _CachedOnly:
         raise RuntimeError(f"catalog features for encoders {self.versions} are not in the cache")
 
 
-def _cap(feats, max_rows: int | None):
-    """A deterministic uniform subsample (seed 0) of an auxiliary set's rows, at most ``max_rows``."""
-    if max_rows is None or len(feats) <= max_rows:
-        return feats
-    return feats.subset(np.sort(np.random.default_rng(0).choice(len(feats), max_rows, replace=False)))
-
-
 def _num(x: float | None) -> float:
     return float("nan") if x is None else float(x)
 
@@ -97,7 +90,7 @@ def evaluate_target(
     aux_weights: tuple[float | None, ...] = (None,),
 ) -> dict:
     target = feats[name]
-    candidates = {k: _cap(v, max_aux_rows) for k, v in feats.items() if k != name}
+    candidates = {k: v.capped(max_aux_rows) for k, v in feats.items() if k != name}
     metric = primary(target.task_types)
     per_seed: list[dict] = []
     for seed in range(seeds):

@@ -62,6 +62,20 @@ for s in $STEPS; do
       wait; echo "=== chemprop done in $((SECONDS - t0))s"; tail -n 3 "$RESULT"/chemprop_*.log
       tar czf "$RESULT/chemprop.tgz" "$RESULT"/chemprop_*.log "$work/results" \
         $(find "$work/chemprop" -name '*.log' -o -name train_seconds.json) ;;
+    finetune)
+      # bench/grouping_finetune.py: grouping_eval's recorded groups, with the graph encoder trained on target
+      # + group (random init and our checkpoint fine-tuned), one process per target; FT_DATA = the file of
+      # `bench/grouping_finetune.py prepare` (graphs, labels, groups; no catalog needed on the host).
+      echo "=== finetune targets"; t0=$SECONDS
+      for t in ${GROUPING_TARGETS:-bbbp bace clintox esol pampa freesolv lipophilicity ppbr}; do
+        OMP_NUM_THREADS=2 timeout "${FINETUNE_S:-520}" python3 bench/grouping_finetune.py run \
+          --data "${FT_DATA:-.carry/gft/data.pkl.gz}" --targets "$t" --seeds "${SEEDS:-3}" --threads 2 \
+          --out "$RESULT/finetune_$t.json" > "$RESULT/finetune_$t.log" 2>&1 &
+      done
+      wait; echo "=== finetune targets done in $((SECONDS - t0))s"; tail -q -n 1 "$RESULT"/finetune_*.log
+      python3 bench/grouping_finetune.py report "$RESULT"/finetune_*.json
+      tar czf "$RESULT/finetune.tgz" -C "$RESULT" $(cd "$RESULT" && ls finetune_*) && rm "$RESULT"/finetune_*.json \
+        "$RESULT"/finetune_*.log ;;
     grouping)
       # bench/grouping_eval.py on the host's 16 cores: the catalog embedded once on the GPU, then one process
       # per target (2 torch threads each). DATA = the subsample written by

@@ -51,6 +51,12 @@ class SetFeatures:
     def __len__(self) -> int:
         return len(self.smiles)
 
+    def capped(self, max_rows: int | None) -> SetFeatures:
+        """A deterministic uniform subsample (seed 0) of at most ``max_rows`` rows, in row order."""
+        if max_rows is None or len(self) <= max_rows:
+            return self
+        return self.subset(np.sort(np.random.default_rng(0).choice(len(self), max_rows, replace=False)))
+
     def subset(self, idx: np.ndarray) -> SetFeatures:
         return SetFeatures(
             self.name,
