@@ -247,7 +247,7 @@ def train_one(
 def run(
     data_file: Path,
     targets: list[str],
-    seeds: int,
+    seeds: list[int],
     inits: list[str],
     aux_weight: float,
     epochs: int,
@@ -275,7 +275,7 @@ def run(
         metric = primary(target["task_types"])
         candidates = {k: v.capped(max_aux) for k, v in feats.items() if k != name}
         per_seed = []
-        for seed in range(seeds):
+        for seed in seeds:
             split = scaffold_split(target["smiles"], seed)
             train, val, test = (np.asarray(p) for p in split)
             exclude = {target["smiles"][i] for i in np.concatenate([val, test])}
@@ -357,11 +357,18 @@ def _write(
 
 # --- report ----------------------------------------------------------------------------------------
 def report(files: list[Path]) -> str:
-    results, inits = [], []
+    """Tables from one or more result files; seeds of the same target in different files are merged."""
+    by_target: dict[str, dict] = {}
+    inits: list[str] = []
     for f in files:
         doc = json.loads(f.read_text())
-        results += doc["results"]
-        inits = doc["inits"]
+        inits = inits or doc["inits"]
+        for r in doc["results"]:
+            entry = by_target.setdefault(
+                r["target"], {"target": r["target"], "metric": r["metric"], "seeds": {}}
+            )
+            entry["seeds"].update({s["seed"]: s for s in r["seeds"]})
+    results = [{**r, "seeds": [r["seeds"][k] for k in sorted(r["seeds"])]} for r in by_target.values()]
     lines = []
     for part in ("val", "test"):
         for init in inits:
@@ -404,7 +411,7 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--data", type=Path, default=Path(".carry/gft/data.pkl.gz"))
     r.add_argument("--targets", required=True)
-    r.add_argument("--seeds", type=int, default=3)
+    r.add_argument("--seeds", default="0,1,2", help="comma-separated split/initialisation seeds")
     r.add_argument("--inits", default="scratch,pretrained")
     r.add_argument("--aux-weight", type=float, default=1.0)
     r.add_argument("--epochs", type=int, default=40)
@@ -422,7 +429,7 @@ def main() -> None:
         run(
             args.data,
             [t.strip() for t in args.targets.split(",")],
-            args.seeds,
+            [int(x) for x in args.seeds.split(",")],
             [i.strip() for i in args.inits.split(",")],
             args.aux_weight,
             args.epochs,
