@@ -330,9 +330,7 @@ def bench_end_to_end(
     batch_size: int,
     workers: int,
     chunk_size: int,
-    variants: list[str] | None = None,
 ) -> None:
-    """``variants``: pipeline settings to time one after the other, each ``CHUNK`` or ``CHUNK:nosplit``."""
     smiles_view = SmilesView(model, tokenizer, f"bench-{size}")
     graph_view = GraphView(graph, "bench-graph")
     embedder = Embedder(
@@ -355,43 +353,36 @@ def bench_end_to_end(
         size=size,
         device=device.type,
     )
-    for variant in variants or [str(chunk_size)]:
-        chunk, _, flag = variant.partition(":")
-        pipe = EmbeddingPipeline(smiles_view, graph_view, device, batch_size=batch_size, workers=workers,
-                                 chunk_size=int(chunk), split_tail=flag != "nosplit")
+    pipe = EmbeddingPipeline(
+        smiles_view, graph_view, device, batch_size=batch_size, workers=workers, chunk_size=chunk_size
+    )
 
-        def via_pipeline(pipe: EmbeddingPipeline = pipe) -> None:
-            result["pipeline"], result["first"], result["t0"] = [], None, time.perf_counter()
-            for c in pipe.run(smiles):
-                result["pipeline"].append(c.vectors["fused"])
-                if result["first"] is None:  # pool start and pipeline fill end here
-                    result["first"] = (time.perf_counter(), len(c.inputs))
-            result["end"] = time.perf_counter()
+    def via_pipeline() -> None:
+        result["pipeline"], result["first"] = [], None
+        for c in pipe.run(smiles):
+            result["pipeline"].append(c.vectors["fused"])
+            if result["first"] is None:  # pool start and pipeline fill end here
+                result["first"] = (time.perf_counter(), len(c.inputs))
+        result["end"] = time.perf_counter()
 
-        tail = "" if pipe.split_tail else ", tail not split"
-        report.add(
-            f"end to end, overlapped pipeline [{size}], all views, {workers} workers, chunk {chunk}{tail}",
-            len(smiles),
-            timed(via_pipeline, device),
-            size=size,
-            device=device.type,
-            chunk_size=int(chunk),
-            split_tail=pipe.split_tail,
-        )
-        (first_at, first_rows), end = result["first"], result["end"]
-        if len(smiles) > first_rows and end > first_at:
-            steady = (len(smiles) - first_rows) / (end - first_at)
-            report.rows[-1]["steady_mol_per_s"] = round(steady, 1)
-            report.rows[-1]["first_chunk_s"] = round(first_at - result["t0"], 3)
-            print(f"  -> first chunk ({first_rows} SMILES) back after {first_at - result['t0']:.2f} s")
-            print(f"  -> after the first chunk (pool start + fill excluded; overstates: the other workers' "
-                  f"first chunks were already under way): {steady:,.0f} mol/s")
-        fused = np.concatenate(result["pipeline"])
-        reference = result["embedder"].vectors["fused"]
-        tol = 5e-2 if device.type == "cuda" else 1e-4  # bf16 on GPU; batch composition differs
-        agree = np.allclose(np.nan_to_num(fused, nan=0.0), np.nan_to_num(reference, nan=0.0), atol=tol,
-                            rtol=tol)
-        print(f"  -> pipeline rows agree with Embedder.embed (atol {tol}): {agree}")
+    report.add(
+        f"end to end, overlapped pipeline [{size}], all views, {workers} workers",
+        len(smiles),
+        timed(via_pipeline, device),
+        size=size,
+        device=device.type,
+        chunk_size=chunk_size,
+    )
+    (first_at, first_rows), end = result["first"], result["end"]
+    if len(smiles) > first_rows and end > first_at:
+        steady = (len(smiles) - first_rows) / (end - first_at)
+        report.rows[-1]["steady_mol_per_s"] = round(steady, 1)
+        print(f"  -> after the first chunk (pool start + fill excluded): {steady:,.0f} mol/s")
+    fused = np.concatenate(result["pipeline"])
+    reference = result["embedder"].vectors["fused"]
+    tol = 5e-2 if device.type == "cuda" else 1e-4  # bf16 on GPU; batch composition differs
+    agree = np.allclose(np.nan_to_num(fused, nan=0.0), np.nan_to_num(reference, nan=0.0), atol=tol, rtol=tol)
+    print(f"  -> pipeline rows agree with Embedder.embed (atol {tol}): {agree}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -416,9 +407,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--pipeline-parts-only", action="store_true",
                         help="Per size, only the pipeline's worker and parent stages (no forward passes).")
-    parser.add_argument("--pipeline-variants", default="",
-                        help="End-to-end pipeline settings to compare, comma-separated CHUNK or "
-                             "CHUNK:nosplit (tail not split); default: --chunk-size once.")
     parser.add_argument("--capacity-workers", default="",
                         help="Process counts for the preparation-capacity stage, comma-separated "
                              "(e.g. 1,8,16); empty skips it.")
@@ -462,8 +450,7 @@ def main(argv: list[str] | None = None) -> None:
                                   args.chunk_size)
         if not (args.skip_end_to_end or args.pipeline_parts_only):
             bench_end_to_end(
-                report, smiles, model, graph, tokenizer, size, device, batch_size, workers, args.chunk_size,
-                [v.strip() for v in args.pipeline_variants.split(",") if v.strip()],
+                report, smiles, model, graph, tokenizer, size, device, batch_size, workers, args.chunk_size
             )
         del model, graph
         if device.type == "cuda":

@@ -14,10 +14,6 @@ device works and the one parent process that drives the device does almost nothi
   int32 token ids + lengths; uint8 atom/bond features, int32 batch-wide ``edge_index``, atoms per
   graph) plus the chunk's canonical SMILES and reasons, so crossing the process boundary and
   unpickling cost the parent about a microsecond per molecule;
-* the end of the input is split finely: the pool reads up to ``workers`` chunks ahead, and once the
-  input is known to end within that window the rest goes out in ``TAIL_PIECES * workers`` equal small
-  chunks, so the workers finish within about one small chunk of each other instead of one worker
-  preparing a last full chunk while the others idle (:meth:`EmbeddingPipeline.chunks`);
 * the parent only turns those arrays into tensors, copies them to the device (pinned memory,
   ``non_blocking``), builds the attention mask and the graph-batch vector *on the device* (and widens
   the compact dtypes there), runs the two
@@ -56,11 +52,6 @@ from models.tokenizer import RegexTokenizer
 log = logging.getLogger(__name__)
 
 _worker_tokenizer = None  # set in each worker by _init_worker
-# The last ``workers`` chunks' worth of input goes out in ``TAIL_PIECES * workers`` equal pieces (at least
-# MIN_TAIL_CHUNK SMILES each): workers take them as they free up, so the last round ends within about
-# one piece of each other instead of one full chunk.
-TAIL_PIECES = 4
-MIN_TAIL_CHUNK = 256
 
 
 @dataclass(slots=True)
@@ -189,7 +180,7 @@ class EmbeddingPipeline:
 
     def __init__(self, smiles_view, graph_view, device: torch.device, batch_size: int = 1024,
                  policy: ParsePolicy = ParsePolicy(), workers: int = 0, chunk_size: int = 2048,
-                 prefetch: int | None = None, split_tail: bool = True) -> None:
+                 prefetch: int | None = None) -> None:
         self.smiles_view, self.graph_view = smiles_view, graph_view
         self.device = device
         self.batch_size = batch_size
@@ -197,7 +188,6 @@ class EmbeddingPipeline:
         self.workers = workers or (os.cpu_count() or 1)
         self.chunk_size = chunk_size
         self.prefetch = prefetch if prefetch is not None else 2 * self.workers
-        self.split_tail = split_tail  # False only to measure what the even tail split gains
         self.dims = {"smiles": smiles_view.dim, "graph": graph_view.dim,
                      "fused": smiles_view.dim + graph_view.dim}
         hf = smiles_view.tokenizer
@@ -219,15 +209,15 @@ class EmbeddingPipeline:
         need = {"smiles", "graph"} if "fused" in views else set(views)
         log.info("embedding pipeline started", extra={"device": str(self.device), "workers": self.workers,
                                                       "chunk_size": self.chunk_size, "views": list(views)})
-        parts = self.chunks(smiles)
+        it = iter(smiles)
         pending: deque[tuple[Future, list[object]]] = deque()
         start = 0
         with ProcessPoolExecutor(self.workers, initializer=_init_worker,
                                  initargs=(self.worker_tokenizer,)) as pool:
             def submit() -> bool:
                 nonlocal start
-                part = next(parts, None)
-                if part is None:
+                part = list(islice(it, self.chunk_size))
+                if not part:
                     return False
                 pending.append((pool.submit(_prepare_args, self.worker_args(start, part, need)), part))
                 start += len(part)
@@ -246,26 +236,6 @@ class EmbeddingPipeline:
                 previous = current
             if previous is not None:
                 yield self.finish(previous, views)
-
-    def chunks(self, smiles: Iterable[object]) -> Iterator[list[object]]:
-        """The input in chunks of ``chunk_size``; once the rest of the input fits in ``workers`` chunks it
-        is split into ``TAIL_PIECES * workers`` equal pieces (at least :data:`MIN_TAIL_CHUNK` SMILES)."""
-        it = iter(smiles)
-        window = self.chunk_size * self.workers
-        buffer: list[object] = []
-        exhausted = False
-        size = self.chunk_size
-        while True:
-            while not exhausted and len(buffer) < window + self.chunk_size:
-                part = list(islice(it, self.chunk_size))
-                exhausted = not part
-                buffer += part
-            if not buffer:
-                return
-            if exhausted and self.split_tail and len(buffer) <= window and size == self.chunk_size:
-                size = min(size, max(MIN_TAIL_CHUNK, -(-len(buffer) // (TAIL_PIECES * self.workers))))
-            yield buffer[:size]
-            del buffer[:size]
 
     def encode(self, chunk: PreparedChunk, views: Sequence[str], inputs: Sequence[object] | None = None,
                ) -> EmbeddedChunk:

@@ -107,22 +107,3 @@ def test_smiles_only_chunk_skips_graphs(real_smiles: list) -> None:
     assert chunk.graph_batches == [] and chunk.token_batches == []
     assert chunk.size == 50 and chunk.errors == [f.error for f in featurize_chunk(part)]
     assert chunk.canonical == [f.canonical for f in featurize_chunk(part)]
-
-
-def test_end_of_input_goes_out_in_small_even_chunks(tiny_embedder: Embedder) -> None:
-    """Once the rest of the input fits in `workers` chunks it is cut into pieces of
-    max(MIN_TAIL_CHUNK, rest / (TAIL_PIECES * workers)), so no worker prepares a last full chunk while the
-    others idle; order and rows are unchanged."""
-    from models.pipeline import MIN_TAIL_CHUNK, TAIL_PIECES
-
-    workers, chunk, n = 4, 1024, 10 * 1024 + 300
-    parts = list(pipeline(tiny_embedder, workers=workers, chunk_size=chunk).chunks(iter(range(n))))
-    assert [x for p in parts for x in p] == list(range(n))
-    rest = n - chunk * ((n - workers * chunk + chunk - 1) // chunk)  # what is left once it fits the window
-    assert rest <= workers * chunk
-    piece = max(MIN_TAIL_CHUNK, -(-rest // (TAIL_PIECES * workers)))
-    expected_tail = [piece] * (rest // piece) + ([rest % piece] if rest % piece else [])
-    assert [len(p) for p in parts] == [chunk] * ((n - rest) // chunk) + expected_tail
-    unsplit = pipeline(tiny_embedder, workers=workers, chunk_size=chunk, split_tail=False)
-    unsplit = unsplit.chunks(iter(range(n)))
-    assert [len(p) for p in unsplit] == [chunk] * 10 + [300]
