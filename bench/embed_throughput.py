@@ -285,6 +285,11 @@ def _prepare_part(args: tuple) -> int:
     return prepare_chunk(*args).size
 
 
+def _prepare_whole(args: tuple):
+    """The same, returning the prepared chunk to the parent as the pipeline does."""
+    return prepare_chunk(*args)
+
+
 def bench_worker_capacity(report: Report, smiles: list[str], smiles_view: SmilesView, counts: list[int],
                           batch_size: int, chunk_size: int) -> None:
     """The host's preparation capacity: ``prepare_chunk`` over the input on N worker processes at once,
@@ -317,6 +322,12 @@ def bench_worker_capacity(report: Report, smiles: list[str], smiles_view: Smiles
             single.setdefault(parse, rate)
             report.rows[-1]["scaling_vs_first"] = round(rate / single[parse], 2)
             print(f"  -> {rate / single[parse]:.1f}x the {counts[0]}-process rate")
+        with ProcessPoolExecutor(n, initializer=_init_worker, initargs=tokenizer) as pool:  # fast parse
+            list(pool.map(_prepare_part, [parts[0]] * n))
+            whole = pool.map  # each prepared chunk crosses the pipe and is unpickled here, as in the pipeline
+            seconds = wall(lambda whole=whole, parts=parts: sum(c.size for c in whole(_prepare_whole, parts)))
+        report.add(f"prepare_chunk on {n} processes at once, prepared chunks sent back", len(use), seconds,
+                   processes=n, parse="fast parse", returned=True)
 
 
 def bench_end_to_end(
@@ -330,7 +341,9 @@ def bench_end_to_end(
     batch_size: int,
     workers: int,
     chunk_size: int,
+    variants: list[str] | None = None,
 ) -> None:
+    """``variants``: pipeline settings timed one after the other (:func:`_pipeline_variant`)."""
     smiles_view = SmilesView(model, tokenizer, f"bench-{size}")
     graph_view = GraphView(graph, "bench-graph")
     embedder = Embedder(
@@ -353,36 +366,56 @@ def bench_end_to_end(
         size=size,
         device=device.type,
     )
-    pipe = EmbeddingPipeline(
-        smiles_view, graph_view, device, batch_size=batch_size, workers=workers, chunk_size=chunk_size
-    )
+    for variant in variants or [f"{chunk_size}"]:
+        chunk, n_workers, stub = _pipeline_variant(variant, workers)
+        views = (smiles_view, graph_view)
+        if stub:  # encoders that return zeros: the pipeline without any forward pass
+            views = (SimpleNamespace(model=_StubEncoder(smiles_view.dim), tokenizer=smiles_view.tokenizer,
+                                     dim=smiles_view.dim, max_length=smiles_view.max_length),
+                     SimpleNamespace(model=_StubEncoder(graph_view.dim), dim=graph_view.dim))
+        pipe = EmbeddingPipeline(*views, device, batch_size=batch_size, workers=n_workers, chunk_size=chunk)
 
-    def via_pipeline() -> None:
-        result["pipeline"], result["first"] = [], None
-        for c in pipe.run(smiles):
-            result["pipeline"].append(c.vectors["fused"])
-            if result["first"] is None:  # pool start and pipeline fill end here
-                result["first"] = (time.perf_counter(), len(c.inputs))
-        result["end"] = time.perf_counter()
+        def via_pipeline(pipe: EmbeddingPipeline = pipe) -> None:
+            result["pipeline"], result["first"], result["t0"] = [], None, time.perf_counter()
+            for c in pipe.run(smiles):
+                result["pipeline"].append(c.vectors["fused"])
+                if result["first"] is None:  # pool start and pipeline fill end here
+                    result["first"] = (time.perf_counter(), len(c.inputs))
+            result["end"] = time.perf_counter()
 
-    report.add(
-        f"end to end, overlapped pipeline [{size}], all views, {workers} workers",
-        len(smiles),
-        timed(via_pipeline, device),
-        size=size,
-        device=device.type,
-        chunk_size=chunk_size,
-    )
-    (first_at, first_rows), end = result["first"], result["end"]
-    if len(smiles) > first_rows and end > first_at:
-        steady = (len(smiles) - first_rows) / (end - first_at)
-        report.rows[-1]["steady_mol_per_s"] = round(steady, 1)
-        print(f"  -> after the first chunk (pool start + fill excluded): {steady:,.0f} mol/s")
-    fused = np.concatenate(result["pipeline"])
-    reference = result["embedder"].vectors["fused"]
-    tol = 5e-2 if device.type == "cuda" else 1e-4  # bf16 on GPU; batch composition differs
-    agree = np.allclose(np.nan_to_num(fused, nan=0.0), np.nan_to_num(reference, nan=0.0), atol=tol, rtol=tol)
-    print(f"  -> pipeline rows agree with Embedder.embed (atol {tol}): {agree}")
+        label = f"chunk {chunk}" + (", stub encoders (no forward passes)" if stub else "")
+        report.add(
+            f"end to end, overlapped pipeline [{size}], all views, {n_workers} workers, {label}",
+            len(smiles),
+            timed(via_pipeline, device),
+            size=size,
+            device=device.type,
+            chunk_size=chunk,
+            workers=n_workers,
+            stub_encoders=stub,
+        )
+        (first_at, first_rows), end = result["first"], result["end"]
+        if len(smiles) > first_rows and end > first_at:
+            steady = (len(smiles) - first_rows) / (end - first_at)
+            report.rows[-1]["steady_mol_per_s"] = round(steady, 1)
+            report.rows[-1]["first_chunk_s"] = round(first_at - result["t0"], 3)
+            print(f"  -> first chunk ({first_rows} SMILES) back after {first_at - result['t0']:.2f} s; after "
+                  f"it {steady:,.0f} mol/s (overstates: the other workers' first chunks were under way)")
+        if stub:
+            continue
+        fused = np.concatenate(result["pipeline"])
+        reference = result["embedder"].vectors["fused"]
+        tol = 5e-2 if device.type == "cuda" else 1e-4  # bf16 on GPU; batch composition differs
+        agree = np.allclose(np.nan_to_num(fused, nan=0.0), np.nan_to_num(reference, nan=0.0), atol=tol,
+                            rtol=tol)
+        print(f"  -> pipeline rows agree with Embedder.embed (atol {tol}): {agree}")
+
+
+def _pipeline_variant(text: str, workers: int) -> tuple[int, int, bool]:
+    """``CHUNK[:wN][:stub]`` -> (chunk size, worker processes, stub encoders)."""
+    chunk, *flags = text.split(":")
+    n = next((int(f[1:]) for f in flags if f.startswith("w")), workers)
+    return int(chunk), n, "stub" in flags
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -407,6 +440,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--pipeline-parts-only", action="store_true",
                         help="Per size, only the pipeline's worker and parent stages (no forward passes).")
+    parser.add_argument("--pipeline-variants", default="",
+                        help="End-to-end pipeline settings to compare, comma-separated CHUNK[:wN][:stub] "
+                             "(N worker processes; stub = encoders returning zeros); default: --chunk-size.")
     parser.add_argument("--capacity-workers", default="",
                         help="Process counts for the preparation-capacity stage, comma-separated "
                              "(e.g. 1,8,16); empty skips it.")
@@ -450,7 +486,8 @@ def main(argv: list[str] | None = None) -> None:
                                   args.chunk_size)
         if not (args.skip_end_to_end or args.pipeline_parts_only):
             bench_end_to_end(
-                report, smiles, model, graph, tokenizer, size, device, batch_size, workers, args.chunk_size
+                report, smiles, model, graph, tokenizer, size, device, batch_size, workers, args.chunk_size,
+                [v.strip() for v in args.pipeline_variants.split(",") if v.strip()],
             )
         del model, graph
         if device.type == "cuda":
