@@ -88,7 +88,9 @@ def reset_shared_embedder() -> None:
     """Forget the process embedder (tests switch encoders between cases)."""
     global _embedder
     with _embedder_lock:
-        _embedder = None
+        embedder, _embedder = _embedder, None
+    if embedder is not None:
+        embedder.close()  # its featurization worker processes, if a large call started them
 
 
 def recommendation_options(settings: Settings, method: str):

@@ -366,6 +366,19 @@ def bench_end_to_end(
         size=size,
         device=device.type,
     )
+    # Calls of 5,000 SMILES, as `molfusion predict` makes per chunk: the embedder's featurization pool kept
+    # across calls (what it does) vs a pool forked for every call (what it did before).
+    calls = [smiles[s : s + 5000] for s in range(0, min(len(smiles), 50_000), 5000)]
+    for kept in (True, False):
+        embedder.close()
+        if not kept:
+            embedder._worker_pool = lambda workers: None  # featurize_smiles then forks its own pool
+        seconds = timed(lambda: [embedder.embed(c) for c in calls], device)
+        report.add(f"end to end, Embedder.embed in calls of 5,000 [{size}], pool "
+                   + ("kept across calls" if kept else "forked per call"), sum(map(len, calls)), seconds,
+                   size=size, device=device.type, pool_kept=kept)
+    del embedder._worker_pool
+    embedder.close()
     for variant in variants or [f"{chunk_size}"]:
         chunk, n_workers, stub = _pipeline_variant(variant, workers)
         views = (smiles_view, graph_view)

@@ -14,7 +14,10 @@ ones are computed, in length-sorted batches, on CUDA with bf16 autocast when pre
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,7 +182,26 @@ class Embedder:
         self.policy = policy
         self.cache = cache
         self.featurize_workers = featurize_workers
+        self._pool: ProcessPoolExecutor | None = None  # started by the first large call, then kept
+        self._pool_lock = threading.Lock()
         log.info("embedder ready", extra={"device": str(self.device), "versions": self.versions})
+
+    def _worker_pool(self, workers: int) -> ProcessPoolExecutor:
+        """The featurization process pool: started on the first call that needs it and kept for the next
+        ones, so a stream of large calls (``molfusion predict`` chunks, API batches, catalog sets) forks
+        its workers once instead of once per call."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(workers)
+                log.info("featurization pool started", extra={"workers": workers})
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the featurization worker processes (a later large call starts new ones)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     @property
     def versions(self) -> dict[str, str]:
@@ -199,9 +221,11 @@ class Embedder:
         errors: list[str | None] = [None] * n
         mols: dict[str, tuple[object, str]] = {}
         graphs: dict[str, MolGraph] = {}
-        parallel = n >= PARALLEL_THRESHOLD and self.featurize_workers != 1 and "graph" in needed
+        workers = self.featurize_workers or (os.cpu_count() or 1)
+        parallel = n >= PARALLEL_THRESHOLD and workers > 1 and "graph" in needed
         if parallel:
-            for i, item in enumerate(featurize_smiles(smiles, self.policy, self.featurize_workers)):
+            featurized = featurize_smiles(smiles, self.policy, workers, pool=self._worker_pool(workers))
+            for i, item in enumerate(featurized):
                 canonical[i], errors[i] = item.canonical, item.error
                 if item.graph is not None:
                     graphs.setdefault(item.canonical, item.graph)

@@ -177,3 +177,34 @@ def test_overlapped_pipeline_matches_embed_row_for_row(
         np.testing.assert_array_equal(np.isnan(got), np.isnan(expected.vectors[view]))
         valid = expected.valid
         np.testing.assert_allclose(got[valid], expected.vectors[view][valid], rtol=0, atol=1e-5)
+
+
+def test_parallel_featurization_pool_is_started_once_and_kept(tiny_checkpoints: dict[str, Path],
+                                                              bbbp_smiles: list[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large calls featurize in worker processes; the pool is forked by the first such call and reused by
+    the next ones (not once per call), gives the serial path's rows, and close() stops it."""
+    import models.embedder as embedder_module
+
+    monkeypatch.setattr(embedder_module, "PARALLEL_THRESHOLD", 64)
+    parallel = Embedder(tiny_checkpoints["smiles"], tiny_checkpoints["graph"], device="cpu",
+                        featurize_workers=2)
+    serial = Embedder(tiny_checkpoints["smiles"], tiny_checkpoints["graph"], device="cpu",
+                      featurize_workers=1)
+    batch = bbbp_smiles[:150] + ["not-a-smiles"] + bbbp_smiles[150:300]
+    try:
+        first = parallel.embed(batch)
+        pool = parallel._pool
+        assert pool is not None
+        workers = {p.pid for p in pool._processes.values()}
+        second = parallel.embed(batch[::-1])
+        assert parallel._pool is pool and {p.pid for p in pool._processes.values()} == workers
+        expected = serial.embed(batch)
+        assert first.canonical == expected.canonical and first.errors == expected.errors
+        np.testing.assert_allclose(np.nan_to_num(first.vectors["fused"]),
+                                   np.nan_to_num(expected.vectors["fused"]), atol=1e-5)
+        assert second.canonical == expected.canonical[::-1]
+    finally:
+        parallel.close()
+    assert parallel._pool is None
+    assert serial._pool is None  # featurize_workers=1 never starts processes

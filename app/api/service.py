@@ -217,9 +217,10 @@ class ModelService:
 
     async def stop(self) -> None:
         await self.batcher.stop()
-        close = getattr(self.cache, "close", None)
-        if close is not None:
-            close()
+        for resource in (self.cache, self.embedder):  # Redis connections; featurization workers
+            close = getattr(resource, "close", None)
+            if close is not None:
+                close()
 
     async def watch_cache(self) -> None:
         """While the Redis cache is down, probe it every ``redis_retry_s`` so it recovers without traffic."""
