@@ -27,9 +27,25 @@ def _schema(dims: dict[str, int], views: list[str]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _smiles_stream(path: Path, column: str, chunk_size: int) -> Iterator[str]:
+def smiles_stream(path: Path, column: str, chunk_size: int) -> Iterator[str]:
     for chunk in iter_chunks(path, chunk_size, usecols=[column]):
         yield from chunk[column].tolist()
+
+
+def embedding_pipeline(embedder, chunk_size: int):
+    """The overlapped pipeline (:class:`models.pipeline.EmbeddingPipeline`) for ``embedder``'s encoders
+    and settings, preparing chunks of at most 4,096 SMILES; ``molfusion embed`` and ``predict`` use it."""
+    from models.pipeline import EmbeddingPipeline
+
+    return EmbeddingPipeline(
+        embedder.smiles,
+        embedder.graph,
+        embedder.device,
+        batch_size=embedder.batch_size,
+        policy=embedder.policy,
+        workers=embedder.featurize_workers,
+        chunk_size=min(chunk_size, 4096),
+    )
 
 
 def embed_file(
@@ -43,27 +59,17 @@ def embed_file(
 ) -> dict[str, int]:
     """Stream ``input_csv`` through the overlapped pipeline (workers parse/featurize/tokenize chunk
     k+1 while the device encodes chunk k) into ``output``; the file is never loaded whole."""
-    from models.pipeline import EmbeddingPipeline
-
     column = resolve_smiles_column(input_csv, smiles_column)
     schema = _schema(embedder.dims, views)
     counts = {"rows": 0, "ok": 0, "invalid": 0}
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(output.suffix + ".partial")
-    pipeline = EmbeddingPipeline(
-        embedder.smiles,
-        embedder.graph,
-        embedder.device,
-        batch_size=embedder.batch_size,
-        policy=embedder.policy,
-        workers=embedder.featurize_workers,
-        chunk_size=min(chunk_size, 4096),
-    )
+    pipeline = embedding_pipeline(embedder, chunk_size)
     with (
         pq.ParquetWriter(tmp, schema) as writer,
         tqdm(total=count_rows(input_csv), unit="mol", disable=not progress, desc="embedding") as bar,
     ):
-        for part in pipeline.run(_smiles_stream(input_csv, column, chunk_size), views=views):
+        for part in pipeline.run(smiles_stream(input_csv, column, chunk_size), views=views):
             n = len(part.inputs)
             valid = np.array([e is None for e in part.errors], dtype=bool)
             arrays = [

@@ -4,14 +4,17 @@ apply a head to a CSV of SMILES (streamed, row-aligned), list the registry's hea
 from __future__ import annotations
 
 import json
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import typer
 from tqdm import tqdm
 
+from app.commands.embed import embedding_pipeline, smiles_stream
 from app.settings import get_settings
-from models.tabular import TableError, count_rows, iter_chunks, resolve_smiles_column
+from models.tabular import TableError, count_rows, resolve_smiles_column
 
 
 def _fail(message: str) -> typer.Exit:
@@ -78,19 +81,26 @@ def predict_file(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
     views = tuple(v for v in head.views if v in ("smiles", "graph"))
+    raw: deque[object] = deque()  # the column's values as read (NaN stays NaN in the output)
+
+    def stream() -> Iterator[object]:
+        for value in smiles_stream(input_csv, column, chunk_size):
+            raw.append(value)
+            yield value
+
     with tqdm(
         total=count_rows(input_csv), unit="mol", desc=f"predicting {head.name}", disable=not progress
     ) as bar:
-        for i, chunk in enumerate(iter_chunks(input_csv, chunk_size, usecols=[column])):
-            smiles = chunk[column].tolist()
-            out = embedder.embed(smiles, views=views)
-            pred = head.predict(out.vectors)
-            frame = pd.DataFrame({column: smiles, "canonical_smiles": out.canonical})
+        # preparation on all cores overlapped with the encoders, as in `molfusion embed`
+        for i, part in enumerate(embedding_pipeline(embedder, chunk_size).run(stream(), views=views)):
+            smiles = [raw.popleft() for _ in part.inputs]
+            pred = head.predict(part.vectors)
+            frame = pd.DataFrame({column: smiles, "canonical_smiles": part.canonical})
             for t, task in enumerate(head.tasks):
                 frame[task] = pred[:, t]
-            frame["error"] = out.errors
+            frame["error"] = part.errors
             frame.to_csv(tmp, mode="w" if i == 0 else "a", header=i == 0, index=False, float_format="%.6g")
-            valid = int(out.valid.sum())
+            valid = sum(e is None for e in part.errors)
             counts["rows"] += len(smiles)
             counts["ok"] += valid
             counts["invalid"] += len(smiles) - valid
