@@ -219,6 +219,13 @@ class _StubEncoder(torch.nn.Module):
         return torch.zeros(n, self.dim, device=device)
 
 
+def _stub_views(smiles_view: SmilesView, graph_view: GraphView) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """The two views with encoders that return zeros of the real widths (no forward pass)."""
+    return (SimpleNamespace(model=_StubEncoder(smiles_view.dim), tokenizer=smiles_view.tokenizer,
+                            dim=smiles_view.dim, max_length=smiles_view.max_length),
+            SimpleNamespace(model=_StubEncoder(graph_view.dim), dim=graph_view.dim))
+
+
 def bench_pipeline_parts(
     report: Report,
     smiles: list[str],
@@ -249,11 +256,8 @@ def bench_pipeline_parts(
     cpu = torch.device("cpu")
     report.add("pipeline worker: prepare_chunk, 1 process", len(smiles), timed(prepare, cpu, repeats),
                chunk_size=chunk_size)
-    stub = EmbeddingPipeline(
-        SimpleNamespace(model=_StubEncoder(smiles_view.dim), tokenizer=smiles_view.tokenizer,
-                        dim=smiles_view.dim, max_length=smiles_view.max_length),
-        SimpleNamespace(model=_StubEncoder(graph_view.dim), dim=graph_view.dim),
-        device, batch_size=batch_size, workers=1, chunk_size=chunk_size)
+    stub = EmbeddingPipeline(*_stub_views(smiles_view, graph_view), device, batch_size=batch_size, workers=1,
+                             chunk_size=chunk_size)
     blobs = [pickle.dumps(c, protocol=pickle.HIGHEST_PROTOCOL) for c in prepared]
     sent = [(pipe.worker_args(0, part, need), part) for part in parts]
 
@@ -381,11 +385,7 @@ def bench_end_to_end(
     embedder.close()
     for variant in variants or [f"{chunk_size}"]:
         chunk, n_workers, stub = _pipeline_variant(variant, workers)
-        views = (smiles_view, graph_view)
-        if stub:  # encoders that return zeros: the pipeline without any forward pass
-            views = (SimpleNamespace(model=_StubEncoder(smiles_view.dim), tokenizer=smiles_view.tokenizer,
-                                     dim=smiles_view.dim, max_length=smiles_view.max_length),
-                     SimpleNamespace(model=_StubEncoder(graph_view.dim), dim=graph_view.dim))
+        views = _stub_views(smiles_view, graph_view) if stub else (smiles_view, graph_view)
         pipe = EmbeddingPipeline(*views, device, batch_size=batch_size, workers=n_workers, chunk_size=chunk)
 
         def via_pipeline(pipe: EmbeddingPipeline = pipe) -> None:
