@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +14,10 @@ from tqdm import tqdm
 
 from app.factory import build_embedder
 from models.tabular import TableError, count_rows, iter_chunks, resolve_smiles_column
+
+if TYPE_CHECKING:
+    from models.embedder import Embedder
+    from models.pipeline import EmbeddingPipeline
 
 
 def _schema(dims: dict[str, int], views: list[str]) -> pa.Schema:
@@ -28,11 +33,12 @@ def _schema(dims: dict[str, int], views: list[str]) -> pa.Schema:
 
 
 def smiles_stream(path: Path, column: str, chunk_size: int) -> Iterator[str]:
+    """The column's values, read ``chunk_size`` rows at a time (the file is never loaded whole)."""
     for chunk in iter_chunks(path, chunk_size, usecols=[column]):
         yield from chunk[column].tolist()
 
 
-def embedding_pipeline(embedder, chunk_size: int):
+def embedding_pipeline(embedder: Embedder, chunk_size: int) -> EmbeddingPipeline:
     """The overlapped pipeline (:class:`models.pipeline.EmbeddingPipeline`) for ``embedder``'s encoders
     and settings, preparing chunks of at most 4,096 SMILES; ``molfusion embed`` and ``predict`` use it."""
     from models.pipeline import EmbeddingPipeline
