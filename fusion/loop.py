@@ -111,7 +111,9 @@ def fit_network(
                 f"task_weights must be {int(is_cls.numel())} non-negative numbers, not all zero; "
                 f"got {len(cfg.task_weights)}"
             )
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel for all parameters instead of a loop of small ops per tensor (on the CPU the
+    # optimiser step was ~40 % of a head's training time; 5.7 -> 1.3 ms per step for a 2056-512-512 MLP)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     n = len(train["y"])
     has_val = len(val["y"]) > 0 and bool(val["mask"].any())
     n_slots = int(is_cls.numel()) if per_task else 1
