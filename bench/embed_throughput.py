@@ -294,6 +294,16 @@ def _prepare_whole(args: tuple):
     return prepare_chunk(*args)
 
 
+def _pool_seconds(n: int, worker_tokenizer, task: Callable[[tuple], object], parts: list[tuple]) -> float:
+    """Wall seconds of ``task`` over ``parts`` on a fresh pool of ``n`` pipeline workers (results collected in
+    the parent); forking the pool and one warm-up chunk per worker are not timed."""
+    from models.pipeline import _init_worker
+
+    with ProcessPoolExecutor(n, initializer=_init_worker, initargs=(worker_tokenizer,)) as pool:
+        list(pool.map(_prepare_part, [parts[0]] * n))
+        return wall(lambda: list(pool.map(task, parts)))
+
+
 def bench_worker_capacity(report: Report, smiles: list[str], smiles_view: SmilesView, counts: list[int],
                           batch_size: int, chunk_size: int) -> None:
     """The host's preparation capacity: ``prepare_chunk`` over the input on N worker processes at once,
@@ -302,7 +312,6 @@ def bench_worker_capacity(report: Report, smiles: list[str], smiles_view: Smiles
     from rdkit import Chem
 
     import models.chemistry as chemistry
-    from models.pipeline import _init_worker
 
     pipe = EmbeddingPipeline(smiles_view, SimpleNamespace(dim=0), torch.device("cpu"), batch_size=batch_size,
                              workers=1, chunk_size=chunk_size)
@@ -315,10 +324,7 @@ def bench_worker_capacity(report: Report, smiles: list[str], smiles_view: Smiles
         for parse, fn in (("full parse", Chem.MolFromSmiles), ("fast parse", fast)):
             chemistry.mol_from_smiles = fn  # the forked workers inherit it
             try:
-                tokenizer = (pipe.worker_tokenizer,)
-                with ProcessPoolExecutor(n, initializer=_init_worker, initargs=tokenizer) as pool:
-                    list(pool.map(_prepare_part, [parts[0]] * n))  # start-up and warm-up, untimed
-                    seconds = wall(lambda pool=pool, parts=parts: sum(pool.map(_prepare_part, parts)))
+                seconds = _pool_seconds(n, pipe.worker_tokenizer, _prepare_part, parts)
             finally:
                 chemistry.mol_from_smiles = fast
             rate = report.add(f"prepare_chunk on {n} processes at once, no device ({parse})", len(use),
@@ -326,10 +332,8 @@ def bench_worker_capacity(report: Report, smiles: list[str], smiles_view: Smiles
             single.setdefault(parse, rate)
             report.rows[-1]["scaling_vs_first"] = round(rate / single[parse], 2)
             print(f"  -> {rate / single[parse]:.1f}x the {counts[0]}-process rate")
-        with ProcessPoolExecutor(n, initializer=_init_worker, initargs=tokenizer) as pool:  # fast parse
-            list(pool.map(_prepare_part, [parts[0]] * n))
-            whole = pool.map  # each prepared chunk crosses the pipe and is unpickled here, as in the pipeline
-            seconds = wall(lambda whole=whole, parts=parts: sum(c.size for c in whole(_prepare_whole, parts)))
+        # fast parse, each prepared chunk crossing the pipe and unpickled here, as in the pipeline
+        seconds = _pool_seconds(n, pipe.worker_tokenizer, _prepare_whole, parts)
         report.add(f"prepare_chunk on {n} processes at once, prepared chunks sent back", len(use), seconds,
                    processes=n, parse="fast parse", returned=True)
 

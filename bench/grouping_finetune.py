@@ -49,7 +49,7 @@ from fusion.splits import scaffold_split  # noqa: E402
 from grouping.evidence import primary, relative_improvement, stack  # noqa: E402
 from grouping.features import SetFeatures  # noqa: E402
 from models.featurizer import PackedGraphs, collate_packed  # noqa: E402
-from models.graph_encoder import GraphEncoder  # noqa: E402
+from models.graph_encoder import CONFIG_FILE, GraphEncoder, GraphEncoderConfig  # noqa: E402
 
 CONFIGS = ("none", "all", "structure", "molgroup")
 GRAPH_CHECKPOINT = REPO / "models" / "checkpoints" / "graph"
@@ -163,12 +163,10 @@ def train_one(
 ) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    encoder = GraphEncoder.load(GRAPH_CHECKPOINT) if init == "pretrained" else None
-    if encoder is None:
-        from models.graph_encoder import GraphEncoderConfig
-
-        config = GraphEncoderConfig.from_json((GRAPH_CHECKPOINT / "config.json").read_text())
-        encoder = GraphEncoder(config)
+    if init == "pretrained":
+        encoder = GraphEncoder.load(GRAPH_CHECKPOINT)
+    else:  # the checkpoint's architecture, random weights
+        encoder = GraphEncoder(GraphEncoderConfig.from_json((GRAPH_CHECKPOINT / CONFIG_FILE).read_text()))
     model = GraphModel(encoder, y.shape[1]).to(device)
     lr_encoder = 1e-3 if init == "scratch" else 3e-4
     opt = torch.optim.AdamW(

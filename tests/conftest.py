@@ -83,12 +83,12 @@ def tiny_env(
 
 def _clear_own_keys(client, db: int) -> None:
     """Delete molfusion's and arq's keys in ``db``; fail, touching nothing, if it holds anything else."""
-    foreign = [k for k in client.scan_iter(count=1000) if not k.startswith(OWN_REDIS_PREFIXES)]
+    keys = list(client.scan_iter(count=1000))
+    foreign = [k for k in keys if not k.startswith(OWN_REDIS_PREFIXES)]
     if foreign:
         pytest.fail(f"Redis database {db} at 127.0.0.1:6379 holds {len(foreign)} keys that are not "
                     f"molfusion's (e.g. {foreign[0]!r}); the tests use it only when it is empty or holds "
                     "molfusion's keys, so nothing of yours is deleted. Empty it or free that database.")
-    keys = list(client.scan_iter(count=1000))
     if keys:
         client.delete(*keys)
 
