@@ -11,7 +11,10 @@ For each target set of the catalog (the target itself removed from its candidate
 - ``molgroup``: + the group recommended by :func:`grouping.routing.route`, which sees only the
   target's training rows;
 - ``molgroup_checked``: ``molgroup``'s group if its *validation* metric beats ``none``'s for that seed,
-  else no group (model selection on validation, never on test).
+  else no group (model selection on validation, never on test); ``structure_checked`` likewise.
+
+With ``--aux-weights`` and ``--transfers`` every group configuration is trained in each (loss share,
+transfer scheme) setting, and each configuration's setting is chosen on the mean validation improvement.
 
 Every head is early-stopped on the target's validation rows, and the test metric (ROC-AUC mean over
 tasks, or RMSE) is reported on the target's tasks only. Auxiliary rows whose canonical SMILES occur in
@@ -47,12 +50,12 @@ from app.settings import get_settings  # noqa: E402
 from bench.machine_info import machine_info  # noqa: E402
 from fusion.training import scaffold_split  # noqa: E402
 from grouping.catalog import load_catalog  # noqa: E402
-from grouping.evidence import fit_and_score, primary, relative_improvement  # noqa: E402
+from grouping.evidence import TRANSFERS, fit_and_score, primary, relative_improvement  # noqa: E402
 from grouping.features import load_catalog_features  # noqa: E402
 from grouping.methods import nearest_neighbour_tanimoto  # noqa: E402
 from grouping.routing import MolGroupConfig, route  # noqa: E402
 
-CONFIGS = ("none", "all", "structure", "molgroup", "molgroup_checked")
+CONFIGS = ("none", "all", "structure", "molgroup", "molgroup_checked", "structure_checked")
 DEFAULT_TARGETS = "bbbp,bace,clintox,esol,freesolv,lipophilicity,pampa,ppbr"
 
 
@@ -88,12 +91,14 @@ def evaluate_target(
     log: logging.Logger,
     max_aux_rows: int | None = None,
     aux_weights: tuple[float | None, ...] = (None,),
+    transfers: tuple[str, ...] = ("joint",),
+    first_seed: int = 0,
 ) -> dict:
     target = feats[name]
     candidates = {k: v.capped(max_aux_rows) for k, v in feats.items() if k != name}
     metric = primary(target.task_types)
     per_seed: list[dict] = []
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         train, val, test = scaffold_split(target.smiles, seed)
         tr = target.subset(train)
         sims = {
@@ -109,9 +114,9 @@ def evaluate_target(
             "molgroup": [s.dataset for s in sorted(scores, key=lambda s: -s.score) if s.selected],
         }
         runs: dict[str, dict] = {"none": fit_and_score(target, [], train, val, test, seed=seed, **hparams)}
-        for weight in aux_weights:
+        for weight, transfer in settings(aux_weights, transfers):
             for config in ("all", "structure", "molgroup"):
-                col = variant(config, weight)
+                col = variant(config, weight, transfer)
                 if not groups[config]:
                     runs[col] = runs["none"]
                     continue
@@ -123,14 +128,17 @@ def evaluate_target(
                     test,
                     seed=seed,
                     aux_weight=weight,
+                    transfer=transfer,
                     **hparams,
                 )
-            checked = variant("molgroup", weight)
-            if not _better(runs[checked]["val"][metric], runs["none"]["val"][metric], metric):
-                checked = "none"
-            runs[variant("molgroup_checked", weight)] = runs[checked]
-            groups[variant("molgroup_checked", weight)] = groups["molgroup" if checked != "none" else "none"]
-        columns = variants(aux_weights)
+            for config in ("molgroup", "structure"):  # the group if it beats none on validation
+                checked = variant(config, weight, transfer)
+                if not _better(runs[checked]["val"][metric], runs["none"]["val"][metric], metric):
+                    checked = "none"
+                col = variant(f"{config}_checked", weight, transfer)
+                runs[col] = runs[checked]
+                groups[col] = groups[config if checked != "none" else "none"]
+        columns = variants(aux_weights, transfers)
         row = {
             "seed": seed,
             "route_seconds": route_s,
@@ -138,7 +146,10 @@ def evaluate_target(
             "scores": {s.dataset: round(s.score, 4) for s in scores},
             "val": {c: _num(runs[c]["val"][metric]) for c in columns},
             "test": {c: _num(runs[c]["test"][metric]) for c in columns},
-            "aux_rows_removed_all": runs[variant("all", aux_weights[0])]["aux_rows_removed"],
+            "aux_rows_removed_all": runs[variant("all", aux_weights[0], transfers[0])]["aux_rows_removed"],
+            "finetune_best_epoch": {
+                c: runs[c].get("finetune_best_epoch") for c in columns if c.endswith(FINETUNE_SUFFIX)
+            },
         }
         per_seed.append(row)
         log.info(
@@ -157,19 +168,7 @@ def evaluate_target(
             + f" | molgroup={groups['molgroup']} structure={groups['structure']} ({route_s:.0f} s)",
             flush=True,
         )
-    summary = {}
-    for c in variants(aux_weights):
-        summary[c] = {}
-        for part in ("test", "val"):
-            vals = np.array([r[part][c] for r in per_seed], dtype=float)
-            base = np.array([r[part]["none"] for r in per_seed], dtype=float)
-            summary[c][part] = {
-                "mean": float(np.nanmean(vals)),
-                "std": float(np.nanstd(vals)),
-                "relative_improvement": relative_improvement(
-                    float(np.nanmean(vals)), float(np.nanmean(base)), metric
-                ),
-            }
+    summary = summarise_seeds(per_seed, variants(aux_weights, transfers), metric)
     overlaps = set(entries[name].overlaps)
     near_dup = sorted(
         {g for r in per_seed for c in ("molgroup", "structure") for g in r["groups"][c]} & overlaps
@@ -187,21 +186,79 @@ def evaluate_target(
     }
 
 
-def variant(config: str, weight: float | None) -> str:
-    """Result column of a group configuration trained with auxiliary loss share ``weight``."""
-    return config if weight is None or config == "none" else f"{config}@{weight:g}"
+def summarise_seeds(per_seed: list[dict], columns: list[str], metric: str) -> dict:
+    """Per column and part (test, val): mean, population std over the seeds, and the relative improvement
+    of the mean over ``none``'s mean."""
+    summary: dict[str, dict] = {}
+    for c in columns:
+        summary[c] = {}
+        for part in ("test", "val"):
+            vals = np.array([r[part][c] for r in per_seed], dtype=float)
+            base = np.array([r[part]["none"] for r in per_seed], dtype=float)
+            summary[c][part] = {
+                "mean": float(np.nanmean(vals)),
+                "std": float(np.nanstd(vals)),
+                "relative_improvement": relative_improvement(
+                    float(np.nanmean(vals)), float(np.nanmean(base)), metric
+                ),
+            }
+    return summary
 
 
-def variants(weights: tuple[float | None, ...]) -> list[str]:
-    return ["none"] + [variant(c, w) for w in weights for c in CONFIGS[1:]]
+def merge_results(results: list[dict]) -> list[dict]:
+    """One result per target: runs of the same target over different seeds (``--first-seed``) are joined
+    and summarised again over all their seeds (a seed run twice is an error)."""
+    merged: dict[str, dict] = {}
+    for r in results:
+        if r["target"] not in merged:
+            merged[r["target"]] = {**r, "seeds": list(r["seeds"])}
+            continue
+        m = merged[r["target"]]
+        seen = {s["seed"] for s in m["seeds"]}
+        again = sorted(seen & {s["seed"] for s in r["seeds"]})
+        if again:
+            raise ValueError(f"{r['target']}: seed(s) {again} appear in more than one result file")
+        m["seeds"] += r["seeds"]
+        m["near_duplicates_selected"] = sorted(
+            set(m["near_duplicates_selected"]) | set(r["near_duplicates_selected"])
+        )
+    for m in merged.values():
+        m["seeds"].sort(key=lambda s: s["seed"])
+        m["summary"] = summarise_seeds(m["seeds"], list(m["summary"]), m["metric"])
+        m["route_seconds_mean"] = float(np.mean([s["route_seconds"] for s in m["seeds"]]))
+    return list(merged.values())
 
 
-def choose_on_validation(results: list[dict], weights: tuple[float | None, ...]) -> dict[str, str]:
-    """Per configuration, the auxiliary weight with the best mean *validation* relative improvement
-    over target alone across all targets (test numbers are never looked at)."""
+FINETUNE_SUFFIX = "+ft"
+
+
+def variant(config: str, weight: float | None, transfer: str = "joint") -> str:
+    """Result column of a group configuration trained with auxiliary loss share ``weight`` and the
+    ``transfer`` scheme (``grouping.evidence``; ``+ft`` marks ``finetune``)."""
+    if config == "none":
+        return config
+    name = config if weight is None else f"{config}@{weight:g}"
+    return name + (FINETUNE_SUFFIX if transfer == "finetune" else "")
+
+
+def settings(
+    weights: tuple[float | None, ...], transfers: tuple[str, ...]
+) -> list[tuple[float | None, str]]:
+    return [(w, t) for t in transfers for w in weights]
+
+
+def variants(weights: tuple[float | None, ...], transfers: tuple[str, ...] = ("joint",)) -> list[str]:
+    return ["none"] + [variant(c, w, t) for w, t in settings(weights, transfers) for c in CONFIGS[1:]]
+
+
+def choose_on_validation(
+    results: list[dict], weights: tuple[float | None, ...], transfers: tuple[str, ...] = ("joint",)
+) -> dict[str, str]:
+    """Per configuration, the (auxiliary weight, transfer) setting with the best mean *validation*
+    relative improvement over target alone across all targets (test numbers are never looked at)."""
     chosen = {}
     for config in CONFIGS[1:]:
-        options = [variant(config, w) for w in weights]
+        options = [variant(config, w, t) for w, t in settings(weights, transfers)]
         chosen[config] = max(
             options,
             key=lambda v: np.mean([r["summary"][v]["val"]["relative_improvement"] for r in results]),
@@ -238,12 +295,14 @@ def markdown(results: list[dict], columns: list[str], part: str = "test") -> str
     return "\n".join(lines)
 
 
-def report(results: list[dict], weights: tuple[float | None, ...]) -> str:
-    """Validation table of every variant, the weights chosen on it, then the chosen variants' test table."""
-    chosen = choose_on_validation(results, weights)
+def report(
+    results: list[dict], weights: tuple[float | None, ...], transfers: tuple[str, ...] = ("joint",)
+) -> str:
+    """Validation table of every variant, the settings chosen on it, then the chosen variants' test table."""
+    chosen = choose_on_validation(results, weights, transfers)
     return "\n\n".join(
         [
-            "validation (selection):\n" + markdown(results, variants(weights), "val"),
+            "validation (selection):\n" + markdown(results, variants(weights, transfers), "val"),
             "chosen on validation: " + ", ".join(f"{k} -> {v}" for k, v in chosen.items()),
             "test (chosen variants):\n" + markdown(results, ["none", *chosen.values()], "test"),
         ]
@@ -280,6 +339,9 @@ def main() -> None:
     )
     parser.add_argument("--targets", default=DEFAULT_TARGETS)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds run first..first+seeds-1 (split runs, then --merge)"
+    )
     parser.add_argument("--max-rows", type=int, default=1000, help="rows per set (targets and cache)")
     parser.add_argument("--max-aux-rows", type=int, default=500, help="rows per auxiliary set (subsample)")
     parser.add_argument(
@@ -295,6 +357,12 @@ def main() -> None:
         default="none",
         help="comma-separated auxiliary loss shares to compare (grouping.evidence; 'none' = every label "
         "counts the same); each configuration's share is then chosen on validation",
+    )
+    parser.add_argument(
+        "--transfers",
+        default="joint",
+        help="comma-separated ways to train with a group (grouping.evidence.TRANSFERS: joint, finetune), "
+        "crossed with --aux-weights and chosen on validation the same way",
     )
     parser.add_argument(
         "--reverse-features",
@@ -323,9 +391,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     weights = _weights(args.aux_weights)
+    transfers = tuple(t.strip() for t in args.transfers.split(",") if t.strip())
+    unknown = sorted(set(transfers) - set(TRANSFERS))
+    if unknown:
+        parser.error(f"--transfers: unknown {unknown}; choose from {list(TRANSFERS)}")
     if args.merge:
         docs = [json.loads(Path(p).read_text()) for p in args.merge.split(",")]
-        print(report([r for d in docs for r in d["results"]], weights))
+        print(report(merge_results([r for d in docs for r in d["results"]]), weights, transfers))
         for d in docs:
             print(f"machine: {d.get('machine')}; total {d.get('total_seconds', float('nan')):.0f} s")
         return
@@ -363,7 +435,17 @@ def main() -> None:
         print(f"target {name}", flush=True)
         results.append(
             evaluate_target(
-                name, feats, entries, args.seeds, hparams, cfg, log, args.max_aux_rows, weights
+                name,
+                feats,
+                entries,
+                args.seeds,
+                hparams,
+                cfg,
+                log,
+                args.max_aux_rows,
+                weights,
+                transfers,
+                args.first_seed,
             )
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -382,7 +464,7 @@ def main() -> None:
         "total_seconds": time.perf_counter() - started,
     }
     args.out.write_text(json.dumps(doc, indent=2))
-    print(report(results, weights))
+    print(report(results, weights, transfers))
     print(f"machine: {machine}; catalog features {embed_s:.0f} s; total {doc['total_seconds']:.0f} s")
 
 

@@ -83,19 +83,21 @@ for s in $STEPS; do
       # bench/grouping_eval.py on the host's 16 cores: the catalog embedded once on the GPU, then one process
       # per target (2 torch threads each). DATA = the subsample written by
       # `bench/grouping_eval.py --export-subsample .carry/grp/data --max-rows 1000` (the very rows of the
-      # CPU protocol); WHEELS = rdkit and the pydantic(-settings) stack.
+      # CPU protocol); WHEELS = rdkit and the pydantic(-settings) stack. TRANSFERS = grouping_eval --transfers;
+      # FIRST_SEED/SEEDS split the seeds over several calls (then grouping_eval --merge of every JSON).
       cache=/tmp/grouping-cache; weights=${AUX_WEIGHTS:-none,1,0.3,0.1}; rows=${MAX_ROWS:-1000}
+      transfers=${TRANSFERS:-joint}; first=${FIRST_SEED:-0}
       step grouping_embed 300 python3 bench/grouping_eval.py --catalog "$DATA" --max-rows "$rows" --cache "$cache" \
         --embed-only
       echo "=== grouping targets"; t0=$SECONDS
       for t in ${GROUPING_TARGETS:-bbbp bace clintox esol pampa freesolv lipophilicity ppbr}; do
         OMP_NUM_THREADS=2 timeout "${GROUPING_S:-480}" python3 bench/grouping_eval.py --catalog "$DATA" --targets "$t" \
           --seeds "${SEEDS:-3}" --max-rows "$rows" --max-aux-rows 500 --threads 2 --cache "$cache" \
-          --aux-weights "$weights" \
-          --out "$RESULT/grouping_$t.json" > "$RESULT/grouping_$t.log" 2>&1 &
+          --aux-weights "$weights" --transfers "$transfers" --first-seed "$first" \
+          --out "$RESULT/grouping_${t}_s$first.json" > "$RESULT/grouping_${t}_s$first.log" 2>&1 &
       done
       wait; echo "=== grouping targets done in $((SECONDS - t0))s"
-      python3 bench/grouping_eval.py --aux-weights "$weights" \
+      python3 bench/grouping_eval.py --aux-weights "$weights" --transfers "$transfers" \
         --merge "$(ls "$RESULT"/grouping_*.json | paste -sd,)" > "$RESULT/grouping.md" 2>&1
       cat "$RESULT/grouping.md"
       tar czf "$RESULT/grouping.tgz" "$RESULT"/grouping_*.json "$RESULT"/grouping_*.log

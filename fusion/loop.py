@@ -96,11 +96,14 @@ def fit_network(
     extra_loss: Callable[[nn.Module, Batch], torch.Tensor] | None = None,
     on_epoch_start: Callable[[nn.Module, int], None] | None = None,
     per_task: bool = False,
+    keep_start: bool = False,
 ) -> dict:
     """Train ``net`` in place; returns ``{"epochs": run, "best_epoch": e, "best_val_loss": v}``.
 
     ``train``/``val`` hold the network inputs plus ``"y"`` and ``"mask"`` (and any extra per-row tensor,
     e.g. ``"row"`` indices that ``extra_loss`` uses). ``extra_loss(net, batch)`` is added to the task loss.
+    ``keep_start`` (continuing from trained weights): the starting weights count as epoch 0, so if no
+    epoch improves their validation loss they are what is restored (``best_epoch`` 0).
     """
     gen = torch.Generator().manual_seed(cfg.seed)
     weights = None
@@ -121,6 +124,9 @@ def fit_network(
     best_epoch = torch.zeros(n_slots, dtype=torch.long)
     snapshot = {k: v.detach().clone() for k, v in net.state_dict().items()}
     since_best, epoch = 0, 0
+    if keep_start and has_val and not per_task:
+        out_val = predict_batched(net, dict(val), forward)
+        best[0] = masked_task_loss(out_val, val["y"], val["mask"], is_cls, False, weights)
     for epoch in range(1, cfg.epochs + 1):
         if on_epoch_start is not None:
             on_epoch_start(net, epoch)

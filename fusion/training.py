@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "fit_head",
+    "fine_tune_head",
     "evaluate",
     "scaffold_split",
     "train_from_table",
@@ -116,6 +117,38 @@ def fit_head(
         },
     )
     return model
+
+
+def fine_tune_head(
+    model: TrainedModel,
+    views: dict[str, np.ndarray],
+    y: np.ndarray,
+    train_idx: Sequence[int],
+    val_idx: Sequence[int],
+    seed: int = 0,
+    lr: float = 3e-4,
+) -> dict:
+    """Continue training a fitted neural head on ``train_idx`` only, early-stopped on ``val_idx``.
+
+    The fusion and label scaling fitted with the model stay as they are (so rows it was first trained
+    on keep their meaning); the network restarts its optimiser at ``lr`` and keeps its starting weights
+    unless an epoch improves their validation loss. Returns the loop's summary (``best_epoch`` 0 = kept).
+    """
+    y = np.asarray(y, dtype=np.float32).reshape(len(y), -1)
+    if y.shape[1] != len(model.tasks):
+        raise ValueError(f"{y.shape[1]} label columns given for a head with {len(model.tasks)} tasks")
+    predictor = model.predictor
+    if not hasattr(predictor, "fine_tune"):
+        raise ValueError(f"head {model.head!r} cannot be fine-tuned (not a neural head)")
+    data = model.preprocessor.transform({v: np.asarray(views[v], dtype=np.float32) for v in model.views})
+    return predictor.fine_tune(
+        data,
+        model.label_scaler.transform(y),
+        np.asarray(train_idx, dtype=np.int64),
+        np.asarray(val_idx, dtype=np.int64),
+        seed,
+        lr,
+    )
 
 
 def infer_task_types(y: np.ndarray) -> list[str]:

@@ -8,6 +8,11 @@ every observed label counts the same, so a large or many-task auxiliary set outw
 weight 1 and each auxiliary set ``α / |group|`` (each set's labels equally within it):
 ``L ≈ (L_target + α · mean_a L_a) / (1 + α)``. Early stopping and all reported numbers use the target's
 validation rows and the target's tasks only.
+
+Two ways to train with the group (``transfer``): ``joint`` trains the head once on target + group;
+``finetune`` then continues training that head on the target's rows alone (fresh optimiser, learning
+rate × ``FINETUNE_LR_SCALE``, early-stopped on the target's validation loss, the joint weights kept if
+no epoch beats them), the usual pre-train / fine-tune transfer on the shared trunk.
 Auxiliary rows whose canonical SMILES occur in the target's validation or test rows are removed first
 (and counted), so a near-duplicate auxiliary set cannot leak those labels.
 
@@ -23,10 +28,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.training import evaluate, fit_head, scaffold_split
+from fusion.training import evaluate, fine_tune_head, fit_head, scaffold_split
 from grouping.features import SetFeatures
 
 log = logging.getLogger(__name__)
+
+TRANSFERS = ("joint", "finetune")
+FINETUNE_LR_SCALE = 0.3  # fixed before any run; the stage-2 learning rate is the head's lr times this
 
 
 @dataclass
@@ -122,13 +130,17 @@ def fit_and_score(
     head: str = "mlp",
     fusion: str = "concat",
     aux_weight: float | None = None,
+    transfer: str = "joint",
     **hparams,
 ) -> dict:
     """Fit the head on target train rows (+ all rows of ``group``), early-stopped on target ``val``.
 
-    ``aux_weight`` (``None`` = every label counts the same) sets the auxiliary sets' share of the loss.
+    ``aux_weight`` (``None`` = every label counts the same) sets the auxiliary sets' share of the loss;
+    ``transfer`` is ``joint`` or ``finetune`` (module docstring; no effect without a group).
     Returns the target-task metrics on ``val`` (and ``test`` when given) and the rows used.
     """
+    if transfer not in TRANSFERS:
+        raise ValueError(f"transfer must be one of {list(TRANSFERS)}, got {transfer!r}")
     exclude = {target.smiles[i] for i in np.concatenate([val, test if test is not None else val])}
     table = stack(target, group, exclude)
     aux_rows = np.arange(table.n_target, len(table.y))
@@ -146,6 +158,11 @@ def fit_and_score(
         tasks=table.tasks,
         **hparams,
     )
+    finetune_epoch = None
+    if transfer == "finetune" and group:
+        lr = float(hparams.get("lr", 1e-3)) * FINETUNE_LR_SCALE
+        info = fine_tune_head(model, table.views, table.y, train, val, seed=seed, lr=lr)
+        finetune_epoch = info["best_epoch"]
     t_types = list(target.task_types)
     n_t = len(t_types)
 
@@ -157,6 +174,7 @@ def fit_and_score(
         "val": score(val),
         "train_rows": int(len(train) + len(aux_rows)),
         "aux_rows_removed": table.aux_rows_removed,
+        "finetune_best_epoch": finetune_epoch,
     }
     if test is not None:
         out["test"] = score(test)
@@ -172,6 +190,7 @@ def group_evidence(
     fusion: str = "concat",
     progress: Callable[[float, str], None] | None = None,
     aux_weight: float | None = None,
+    transfer: str = "joint",
     **hparams,
 ) -> dict:
     """Validation metric of target alone vs. target + ``group`` over ``seeds`` model seeds on one scaffold
@@ -194,6 +213,7 @@ def group_evidence(
                 head=head,
                 fusion=fusion,
                 aux_weight=aux_weight,
+                transfer=transfer,
                 **hparams,
             )
             runs["target_plus_group"].append(_value(grouped["val"][metric]))
@@ -212,6 +232,7 @@ def group_evidence(
         "head": head,
         "fusion": fusion,
         "aux_weight": aux_weight,
+        "transfer": transfer,
         **summary,
         "relative_improvement": None
         if None in (summary["target_plus_group"]["mean"], summary["target_alone"]["mean"])

@@ -493,3 +493,20 @@ def test_validation_check_withholds_a_group_that_does_not_help() -> None:
     # without evidence (evidence_seeds=0) the routed group stands
     group, withheld = apply_validation_check(rows(), ["a"], None)
     assert group == ["a"] and withheld is None
+
+
+def test_finetune_transfer_continues_on_the_target_after_group_training() -> None:
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=8)
+    target = _synthetic("t", rng, 60, w, "same", 0.1)
+    conflicting = _synthetic("c", rng, 200, -w, "same", 0.1)  # the opposite rule
+    train, val, test = np.arange(40), np.arange(40, 50), np.arange(50, 60)
+    joint = fit_and_score(target, [conflicting], train, val, test, seed=0, epochs=5, aux_weight=1.0)
+    tuned = fit_and_score(
+        target, [conflicting], train, val, test, seed=0, epochs=5, aux_weight=1.0, transfer="finetune"
+    )
+    assert joint["finetune_best_epoch"] is None and isinstance(tuned["finetune_best_epoch"], int)
+    alone = fit_and_score(target, [], train, val, test, seed=0, epochs=5, transfer="finetune")
+    assert alone["finetune_best_epoch"] is None  # nothing to fine-tune after without a group
+    with pytest.raises(ValueError, match="transfer"):
+        fit_and_score(target, [conflicting], train, val, test, seed=0, epochs=1, transfer="sequential")

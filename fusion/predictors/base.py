@@ -121,6 +121,34 @@ class NeuralPredictor:
         self.net = self.build()
         self.groups = groups
         self.initialise(data, train_idx, seed)
+        return self._train(data, y, train_idx, val_idx, self.params.loop(seed))
+
+    def fine_tune(
+        self,
+        data: Prepared,
+        y: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        seed: int,
+        lr: float,
+    ) -> dict:
+        """Continue training the fitted network on ``train_idx`` only (fresh optimiser, learning rate
+        ``lr``, the same epochs / patience), keeping the starting weights unless an epoch beats their
+        validation loss. Used after training on target + auxiliary rows (``grouping.evidence``)."""
+        if self.per_task or type(self).extra_loss is not NeuralPredictor.extra_loss:
+            raise ValueError(f"head {self.kind!r} does not support fine-tuning")
+        cfg = dataclasses.replace(self.params.loop(seed), lr=lr, task_weights=None)
+        return self._train(data, y, train_idx, val_idx, cfg, keep_start=True)
+
+    def _train(
+        self,
+        data: Prepared,
+        y: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        cfg: LoopConfig,
+        keep_start: bool = False,
+    ) -> dict:
         arrays = net_inputs(data, self.uses_gate)
         train = {
             **rows(arrays, train_idx),
@@ -134,11 +162,12 @@ class NeuralPredictor:
             train,
             val,
             self.is_cls,
-            self.params.loop(seed),
+            cfg,
             forward=self.forward,
             extra_loss=extra,
             on_epoch_start=self.on_epoch_start,
             per_task=self.per_task,
+            keep_start=keep_start,
         )
 
     def predict(self, data: Prepared) -> np.ndarray:
