@@ -101,6 +101,7 @@ def recommendation_options(settings: Settings, method: str):
         max_aux_rows=settings.recommend_max_aux_rows,
         evidence_seeds=settings.recommend_evidence_seeds,
         aux_weight=settings.recommend_aux_weight,
+        transfer=settings.recommend_transfer,
     )
 
 

@@ -111,6 +111,10 @@ class Settings(BaseSettings):
         gt=0,
         description="Loss share of the auxiliary group vs. the target (1) when evidence heads train.",
     )
+    recommend_transfer: Literal["joint", "finetune"] = Field(
+        default="finetune",
+        description="How evidence heads train with the group: joint, or joint then fine-tuned on the target.",
+    )
     job_lease_s: int = Field(
         default=30, ge=3, description="A running job whose worker sent no heartbeat for this long is failed."
     )

@@ -12,7 +12,10 @@ validation rows and the target's tasks only.
 Two ways to train with the group (``transfer``): ``joint`` trains the head once on target + group;
 ``finetune`` then continues training that head on the target's rows alone (fresh optimiser, learning
 rate × ``FINETUNE_LR_SCALE``, early-stopped on the target's validation loss, the joint weights kept if
-no epoch beats them), the usual pre-train / fine-tune transfer on the shared trunk.
+no epoch beats them), the usual pre-train / fine-tune transfer on the shared trunk; ``stack`` trains
+one head per auxiliary set on that set alone (early-stopped on a random ``STACK_VAL_FRACTION`` of its
+rows) and gives the target's head their predictions for the target's molecules as a third input view
+(``aux``), so the target's head trains on the target's rows only.
 Auxiliary rows whose canonical SMILES occur in the target's validation or test rows are removed first
 (and counted), so a near-duplicate auxiliary set cannot leak those labels.
 
@@ -33,7 +36,8 @@ from grouping.features import SetFeatures
 
 log = logging.getLogger(__name__)
 
-TRANSFERS = ("joint", "finetune")
+TRANSFERS = ("joint", "finetune", "stack")
+STACK_VAL_FRACTION = 0.1  # random validation rows of each auxiliary set for its own head (``stack``)
 FINETUNE_LR_SCALE = 0.3  # fixed before any run; the stage-2 learning rate is the head's lr times this
 
 
@@ -120,6 +124,44 @@ def stack(target: SetFeatures, group: Sequence[SetFeatures], exclude: set[str]) 
     )
 
 
+def auxiliary_predictions(
+    target: SetFeatures,
+    group: Sequence[SetFeatures],
+    exclude: set[str],
+    seed: int,
+    head: str,
+    fusion: str,
+    hparams: dict,
+) -> tuple[np.ndarray, int]:
+    """``[len(target), Σ tasks]`` predictions for the target's molecules of one head per auxiliary set,
+    each trained on that set alone (minus molecules in ``exclude``); and the auxiliary rows used."""
+    cols: list[np.ndarray] = []
+    used = 0
+    params = {k: v for k, v in hparams.items() if k != "task_weights"}
+    for aux in group:
+        keep = np.array([i for i, s in enumerate(aux.smiles) if s not in exclude], dtype=np.int64)
+        order = np.random.default_rng(seed).permutation(keep)
+        n_val = max(1, int(round(len(order) * STACK_VAL_FRACTION)))
+        val, train = order[:n_val], order[n_val:]
+        tasks = np.flatnonzero((~np.isnan(aux.labels[train])).any(axis=0))
+        if not len(tasks) or not len(train):
+            continue
+        model = fit_head(
+            aux.views(),
+            aux.labels[:, tasks],
+            [aux.task_types[t] for t in tasks],
+            train,
+            val,
+            head=head,
+            fusion=fusion,
+            seed=seed,
+            **params,
+        )
+        cols.append(model.predict(target.views()))
+        used += len(keep)
+    return (np.concatenate(cols, axis=1) if cols else np.zeros((len(target), 0), np.float32)), used
+
+
 def fit_and_score(
     target: SetFeatures,
     group: Sequence[SetFeatures],
@@ -142,6 +184,8 @@ def fit_and_score(
     if transfer not in TRANSFERS:
         raise ValueError(f"transfer must be one of {list(TRANSFERS)}, got {transfer!r}")
     exclude = {target.smiles[i] for i in np.concatenate([val, test if test is not None else val])}
+    if transfer == "stack" and group:
+        return _fit_stacked(target, group, exclude, train, val, test, seed, head, fusion, hparams)
     table = stack(target, group, exclude)
     aux_rows = np.arange(table.n_target, len(table.y))
     if aux_weight is not None and group:
@@ -175,6 +219,53 @@ def fit_and_score(
         "train_rows": int(len(train) + len(aux_rows)),
         "aux_rows_removed": table.aux_rows_removed,
         "finetune_best_epoch": finetune_epoch,
+    }
+    if test is not None:
+        out["test"] = score(test)
+    return out
+
+
+def _fit_stacked(
+    target: SetFeatures,
+    group: Sequence[SetFeatures],
+    exclude: set[str],
+    train: np.ndarray,
+    val: np.ndarray,
+    test: np.ndarray | None,
+    seed: int,
+    head: str,
+    fusion: str,
+    hparams: dict,
+) -> dict:
+    """``transfer="stack"``: the target's head on its own rows, with the auxiliary heads' predictions as
+    a third view."""
+    preds, used = auxiliary_predictions(target, group, exclude, seed, head, fusion, hparams)
+    views = {**target.views(), "aux": preds} if preds.shape[1] else target.views()
+    params = {k: v for k, v in hparams.items() if k != "task_weights"}
+    model = fit_head(
+        views,
+        target.labels,
+        list(target.task_types),
+        train,
+        val,
+        head=head,
+        fusion=fusion,
+        seed=seed,
+        tasks=list(target.label_columns),
+        **params,
+    )
+    t_types = list(target.task_types)
+
+    def score(rows: np.ndarray) -> dict:
+        pred = model.predict({k: v[rows] for k, v in views.items()})
+        return evaluate(target.labels[rows], pred, t_types, list(target.label_columns))["mean"]
+
+    out = {
+        "val": score(val),
+        "train_rows": int(len(train) + used),
+        "aux_rows_removed": int(sum(s in exclude for aux in group for s in aux.smiles)),
+        "finetune_best_epoch": None,
+        "stacked_features": int(preds.shape[1]),
     }
     if test is not None:
         out["test"] = score(test)

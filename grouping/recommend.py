@@ -45,6 +45,9 @@ class RecommendOptions:
     # auxiliary sets' share of the evidence heads' loss (grouping.evidence; None = every label counts the
     # same). 1.0 was chosen on validation in bench/grouping_eval.py (docs/bench_grouping.md).
     aux_weight: float | None = 1.0
+    # how the evidence heads train with the group (grouping.evidence.TRANSFERS): ``finetune`` (joint, then
+    # the target's rows alone) beat ``joint`` on validation for every configuration in the 8-seed run
+    transfer: str = "finetune"
     routing: MolGroupConfig = field(default_factory=MolGroupConfig)
 
     def to_json(self) -> dict:
@@ -145,6 +148,7 @@ def recommend(
             fusion=options.fusion,
             progress=_phase(progress, 0.7, 1.0),
             aux_weight=options.aux_weight,
+            transfer=options.transfer,
             **options.head_params,
         )
     group, withheld = apply_validation_check(rows, group, evidence)

@@ -405,6 +405,7 @@ def test_recommend_result_schema(
     assert ev["metric"] == "roc_auc" and ev["seeds"] == 2 and len(ev["target_alone"]["values"]) == 2
     assert 0.0 <= ev["target_alone"]["mean"] <= 1.0 and ev["group"] == result["recommended_group"]
     assert ev["aux_weight"] == 1.0 and result["settings"]["aux_weight"] == 1.0
+    assert ev["transfer"] == "finetune" and result["settings"]["transfer"] == "finetune"
     assert result["settings"]["routing"]["rounds"] == FAST_ROUTING.rounds and result["wall_time_s"] > 0
 
 
@@ -510,3 +511,27 @@ def test_finetune_transfer_continues_on_the_target_after_group_training() -> Non
     assert alone["finetune_best_epoch"] is None  # nothing to fine-tune after without a group
     with pytest.raises(ValueError, match="transfer"):
         fit_and_score(target, [conflicting], train, val, test, seed=0, epochs=1, transfer="sequential")
+
+
+def test_stack_transfer_feeds_auxiliary_heads_predictions_to_a_target_only_head() -> None:
+    from grouping.evidence import auxiliary_predictions
+
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=8)
+    target = _synthetic("t", rng, 60, w, "same", 0.1)
+    helper = _synthetic("h", rng, 120, w, "same", 0.1)
+    empty = _synthetic("e", rng, 30, w, "same", 0.1)
+    empty.labels[:] = np.nan  # no labels at all: contributes no feature
+    train, val, test = np.arange(40), np.arange(40, 50), np.arange(50, 60)
+    preds, used = auxiliary_predictions(
+        target, [helper, empty], {"h0", "h1"}, 0, "mlp", "concat", {"epochs": 5}
+    )
+    assert preds.shape == (60, 1) and used == 118  # the label-less set is skipped
+    assert np.all((preds >= 0) & (preds <= 1))  # probabilities of the helper's classification task
+    # the helper's head learned the target's rule: its predictions rank the target's labels well
+    from fusion.metrics import evaluate
+
+    assert evaluate(target.labels, preds, ["classification"], ["y"])["mean"]["roc_auc"] > 0.8
+    out = fit_and_score(target, [helper, empty], train, val, test, seed=0, epochs=5, transfer="stack")
+    assert out["stacked_features"] == 1 and out["train_rows"] == 40 + 120  # nothing excluded here
+    assert set(out["val"]) >= {"roc_auc"} and "test" in out

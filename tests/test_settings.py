@@ -30,3 +30,14 @@ def test_invalid_setting_is_rejected_with_its_name(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("MOLFUSION_PORT", "not-a-port")
     with pytest.raises(ValueError, match="port"):
         Settings()
+
+
+def test_recommend_transfer_reaches_the_recommendation_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.jobs import recommendation_options
+
+    assert recommendation_options(Settings(), "molgroup").transfer == "finetune"
+    monkeypatch.setenv("MOLFUSION_RECOMMEND_TRANSFER", "joint")
+    assert recommendation_options(Settings(), "structure").transfer == "joint"
+    monkeypatch.setenv("MOLFUSION_RECOMMEND_TRANSFER", "sequential")
+    with pytest.raises(ValueError, match="recommend_transfer"):
+        Settings()
