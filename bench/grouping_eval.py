@@ -148,7 +148,7 @@ def evaluate_target(
             "test": {c: _num(runs[c]["test"][metric]) for c in columns},
             "aux_rows_removed_all": runs[variant("all", aux_weights[0], transfers[0])]["aux_rows_removed"],
             "finetune_best_epoch": {
-                c: runs[c].get("finetune_best_epoch") for c in columns if c.endswith(FINETUNE_SUFFIX)
+                c: epoch for c in columns if (epoch := runs[c].get("finetune_best_epoch")) is not None
             },
         }
         per_seed.append(row)
@@ -229,16 +229,16 @@ def merge_results(results: list[dict]) -> list[dict]:
     return list(merged.values())
 
 
-FINETUNE_SUFFIX = "+ft"
+TRANSFER_SUFFIX = {"joint": "", "finetune": "+ft", "stack": "+stack"}
 
 
 def variant(config: str, weight: float | None, transfer: str = "joint") -> str:
     """Result column of a group configuration trained with auxiliary loss share ``weight`` and the
-    ``transfer`` scheme (``grouping.evidence``; ``+ft`` marks ``finetune``)."""
+    ``transfer`` scheme (``grouping.evidence``; ``+ft`` marks ``finetune``, ``+stack`` ``stack``)."""
     if config == "none":
         return config
     name = config if weight is None else f"{config}@{weight:g}"
-    return name + (FINETUNE_SUFFIX if transfer == "finetune" else "")
+    return name + TRANSFER_SUFFIX[transfer]
 
 
 def settings(

@@ -71,10 +71,10 @@ def apply_validation_check(
 
     Groups are unstable across seeds and often do not help a head on frozen embeddings; checking them
     on the target's *validation* rows keeps the recommendation from hurting. Benchmark
-    (docs/bench_grouping.md; α = 1, average test change over target alone, unchecked -> checked):
-    ``molgroup`` -0.43 % -> +0.37 % (1,000-row protocol), -0.90 % -> +0.05 % (full-size targets);
-    ``structure`` +3.10 % -> +2.19 %, +0.31 % -> +2.13 %. Each candidate keeps ``routed`` (chosen by
-    the method) and ``selected`` (in the final recommendation).
+    (docs/bench_grouping.md, fifth session: 8 seeds, α = 1, ``finetune`` evidence heads; average test
+    change over target alone, unchecked -> checked): ``molgroup`` +1.74 % -> +2.21 % (run A),
+    +0.86 % -> +1.60 % (run B); ``structure`` +2.94 % -> +2.73 %, +3.36 % -> +2.37 %. Each candidate
+    keeps ``routed`` (chosen by the method) and ``selected`` (in the final recommendation).
     """
     for r in rows:
         r["routed"] = bool(r["selected"])
