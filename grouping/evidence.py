@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.training import evaluate, fine_tune_head, fit_head, scaffold_split
+from fusion.training import TrainedModel, evaluate, fine_tune_head, fit_head, scaffold_split
 from grouping.features import SetFeatures
 
 log = logging.getLogger(__name__)
@@ -207,22 +207,32 @@ def fit_and_score(
         lr = float(hparams.get("lr", 1e-3)) * FINETUNE_LR_SCALE
         info = fine_tune_head(model, table.views, table.y, train, val, seed=seed, lr=lr)
         finetune_epoch = info["best_epoch"]
-    t_types = list(target.task_types)
-    n_t = len(t_types)
-
-    def score(rows: np.ndarray) -> dict:
-        pred = model.predict({k: v[rows] for k, v in table.views.items()})[:, :n_t]
-        return evaluate(target.labels[rows], pred, t_types, list(target.label_columns))["mean"]
-
-    out = {
-        "val": score(val),
+    return {
+        **_target_scores(model, table.views, target, val, test),
         "train_rows": int(len(train) + len(aux_rows)),
         "aux_rows_removed": table.aux_rows_removed,
         "finetune_best_epoch": finetune_epoch,
     }
-    if test is not None:
-        out["test"] = score(test)
-    return out
+
+
+def _target_scores(
+    model: TrainedModel,
+    views: dict[str, np.ndarray],
+    target: SetFeatures,
+    val: np.ndarray,
+    test: np.ndarray | None,
+) -> dict:
+    """The target-task metrics of ``model`` (its first columns are the target's tasks) on ``val`` and
+    ``test`` (when given) rows of ``views``."""
+    n_t = len(target.task_types)
+
+    def score(rows: np.ndarray) -> dict:
+        pred = model.predict({k: v[rows] for k, v in views.items()})[:, :n_t]
+        return evaluate(target.labels[rows], pred, list(target.task_types), list(target.label_columns))[
+            "mean"
+        ]
+
+    return {"val": score(val), **({"test": score(test)} if test is not None else {})}
 
 
 def _fit_stacked(
@@ -254,22 +264,13 @@ def _fit_stacked(
         tasks=list(target.label_columns),
         **params,
     )
-    t_types = list(target.task_types)
-
-    def score(rows: np.ndarray) -> dict:
-        pred = model.predict({k: v[rows] for k, v in views.items()})
-        return evaluate(target.labels[rows], pred, t_types, list(target.label_columns))["mean"]
-
-    out = {
-        "val": score(val),
+    return {
+        **_target_scores(model, views, target, val, test),
         "train_rows": int(len(train) + used),
         "aux_rows_removed": int(sum(s in exclude for aux in group for s in aux.smiles)),
         "finetune_best_epoch": None,
         "stacked_features": int(preds.shape[1]),
     }
-    if test is not None:
-        out["test"] = score(test)
-    return out
 
 
 def group_evidence(
