@@ -114,7 +114,7 @@ def evaluate_target(
             "molgroup": [s.dataset for s in sorted(scores, key=lambda s: -s.score) if s.selected],
         }
         runs: dict[str, dict] = {"none": fit_and_score(target, [], train, val, test, seed=seed, **hparams)}
-        for weight, transfer in settings(aux_weights, transfers):
+        for weight, transfer in weight_transfer_pairs(aux_weights, transfers):
             for config in ("all", "structure", "molgroup"):
                 col = variant(config, weight, transfer)
                 if not groups[config]:
@@ -241,14 +241,15 @@ def variant(config: str, weight: float | None, transfer: str = "joint") -> str:
     return name + TRANSFER_SUFFIX[transfer]
 
 
-def settings(
+def weight_transfer_pairs(
     weights: tuple[float | None, ...], transfers: tuple[str, ...]
 ) -> list[tuple[float | None, str]]:
     return [(w, t) for t in transfers for w in weights]
 
 
 def variants(weights: tuple[float | None, ...], transfers: tuple[str, ...] = ("joint",)) -> list[str]:
-    return ["none"] + [variant(c, w, t) for w, t in settings(weights, transfers) for c in CONFIGS[1:]]
+    pairs = weight_transfer_pairs(weights, transfers)
+    return ["none"] + [variant(c, w, t) for w, t in pairs for c in CONFIGS[1:]]
 
 
 def choose_on_validation(
@@ -258,7 +259,7 @@ def choose_on_validation(
     relative improvement over target alone across all targets (test numbers are never looked at)."""
     chosen = {}
     for config in CONFIGS[1:]:
-        options = [variant(config, w, t) for w, t in settings(weights, transfers)]
+        options = [variant(config, w, t) for w, t in weight_transfer_pairs(weights, transfers)]
         chosen[config] = max(
             options,
             key=lambda v: np.mean([r["summary"][v]["val"]["relative_improvement"] for r in results]),

@@ -134,10 +134,10 @@ def auxiliary_predictions(
     hparams: dict,
 ) -> tuple[np.ndarray, int]:
     """``[len(target), Σ tasks]`` predictions for the target's molecules of one head per auxiliary set,
-    each trained on that set alone (minus molecules in ``exclude``); and the auxiliary rows used."""
+    each trained on that set alone (minus molecules in ``exclude``, ``hparams`` passed to
+    :func:`fusion.training.fit_head`); and the auxiliary rows used."""
     cols: list[np.ndarray] = []
     used = 0
-    params = {k: v for k, v in hparams.items() if k != "task_weights"}
     for aux in group:
         keep = np.array([i for i, s in enumerate(aux.smiles) if s not in exclude], dtype=np.int64)
         order = np.random.default_rng(seed).permutation(keep)
@@ -155,7 +155,7 @@ def auxiliary_predictions(
             head=head,
             fusion=fusion,
             seed=seed,
-            **params,
+            **hparams,
         )
         cols.append(model.predict(target.views()))
         used += len(keep)
@@ -178,7 +178,7 @@ def fit_and_score(
     """Fit the head on target train rows (+ all rows of ``group``), early-stopped on target ``val``.
 
     ``aux_weight`` (``None`` = every label counts the same) sets the auxiliary sets' share of the loss;
-    ``transfer`` is ``joint`` or ``finetune`` (module docstring; no effect without a group).
+    ``transfer`` is one of ``TRANSFERS`` (module docstring; no effect without a group).
     Returns the target-task metrics on ``val`` (and ``test`` when given) and the rows used.
     """
     if transfer not in TRANSFERS:
@@ -249,9 +249,9 @@ def _fit_stacked(
 ) -> dict:
     """``transfer="stack"``: the target's head on its own rows, with the auxiliary heads' predictions as
     a third view."""
-    preds, used = auxiliary_predictions(target, group, exclude, seed, head, fusion, hparams)
+    params = {k: v for k, v in hparams.items() if k != "task_weights"}  # every head has its own tasks
+    preds, used = auxiliary_predictions(target, group, exclude, seed, head, fusion, params)
     views = {**target.views(), "aux": preds} if preds.shape[1] else target.views()
-    params = {k: v for k, v in hparams.items() if k != "task_weights"}
     model = fit_head(
         views,
         target.labels,

@@ -108,6 +108,10 @@ class NeuralPredictor:
     def on_epoch_start(self, net: nn.Module, epoch: int) -> None:
         """Hook run before every epoch (none by default)."""
 
+    @property
+    def has_extra_loss(self) -> bool:
+        return type(self).extra_loss is not NeuralPredictor.extra_loss
+
     def fit(
         self,
         data: Prepared,
@@ -135,7 +139,7 @@ class NeuralPredictor:
         """Continue training the fitted network on ``train_idx`` only (fresh optimiser, learning rate
         ``lr``, the same epochs / patience), keeping the starting weights unless an epoch beats their
         validation loss. Used after training on target + auxiliary rows (``grouping.evidence``)."""
-        if self.per_task or type(self).extra_loss is not NeuralPredictor.extra_loss:
+        if self.per_task or self.has_extra_loss:
             raise ValueError(f"head {self.kind!r} does not support fine-tuning")
         cfg = dataclasses.replace(self.params.loop(seed), lr=lr, task_weights=None)
         return self._train(data, y, train_idx, val_idx, cfg, keep_start=True)
@@ -156,7 +160,7 @@ class NeuralPredictor:
             "row": torch.as_tensor(train_idx, dtype=torch.long),
         }
         val = {**rows(arrays, val_idx), **labels_to_tensors(y[val_idx])}
-        extra = self.extra_loss if type(self).extra_loss is not NeuralPredictor.extra_loss else None
+        extra = self.extra_loss if self.has_extra_loss else None
         return fit_network(
             self.net,
             train,
