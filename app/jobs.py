@@ -95,6 +95,7 @@ def reset_shared_embedder() -> None:
 
 def recommendation_options(settings: Settings, method: str):
     from grouping.recommend import RecommendOptions
+    from grouping.routing import MolGroupConfig
 
     return RecommendOptions(
         method=method,
@@ -102,6 +103,7 @@ def recommendation_options(settings: Settings, method: str):
         evidence_seeds=settings.recommend_evidence_seeds,
         aux_weight=settings.recommend_aux_weight,
         transfer=settings.recommend_transfer,
+        routing=MolGroupConfig(repeats=settings.recommend_routing_repeats),
     )
 
 

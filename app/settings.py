@@ -115,6 +115,12 @@ class Settings(BaseSettings):
         default="finetune",
         description="How evidence heads train with the group: joint, or joint then fine-tuned on the target.",
     )
+    recommend_routing_repeats: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="molgroup routing runs (seeds) whose gates are averaged before the group is chosen.",
+    )
     job_lease_s: int = Field(
         default=30, ge=3, description="A running job whose worker sent no heartbeat for this long is failed."
     )

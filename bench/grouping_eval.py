@@ -10,8 +10,11 @@ For each target set of the catalog (the target itself removed from its candidate
   target's training molecules;
 - ``molgroup``: + the group recommended by :func:`grouping.routing.route`, which sees only the
   target's training rows;
+- ``molgroup_ens``: + the group of the routing repeated ``--ensemble-repeats`` times (seeds
+  ``seed … seed + R − 1``) with the gates averaged (``MolGroupConfig.repeats``);
 - ``molgroup_checked``: ``molgroup``'s group if its *validation* metric beats ``none``'s for that seed,
-  else no group (model selection on validation, never on test); ``structure_checked`` likewise.
+  else no group (model selection on validation, never on test); ``structure_checked`` and
+  ``molgroup_ens_checked`` likewise.
 
 With ``--aux-weights`` and ``--transfers`` every group configuration is trained in each (loss share,
 transfer scheme) setting, and each configuration's setting is chosen on the mean validation improvement.
@@ -36,6 +39,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +59,18 @@ from grouping.features import load_catalog_features  # noqa: E402
 from grouping.methods import nearest_neighbour_tanimoto  # noqa: E402
 from grouping.routing import MolGroupConfig, route  # noqa: E402
 
-CONFIGS = ("none", "all", "structure", "molgroup", "molgroup_checked", "structure_checked")
+CONFIGS = (
+    "none",
+    "all",
+    "structure",
+    "molgroup",
+    "molgroup_checked",
+    "structure_checked",
+    "molgroup_ens",
+    "molgroup_ens_checked",
+)
+GROUPED = ("all", "structure", "molgroup", "molgroup_ens")  # configurations that train with a group
+CHECKED = ("molgroup", "structure", "molgroup_ens")  # ... and those with a validation-checked variant
 DEFAULT_TARGETS = "bbbp,bace,clintox,esol,freesolv,lipophilicity,pampa,ppbr"
 
 
@@ -93,6 +108,7 @@ def evaluate_target(
     aux_weights: tuple[float | None, ...] = (None,),
     transfers: tuple[str, ...] = ("joint",),
     first_seed: int = 0,
+    ensemble_repeats: int = 5,
 ) -> dict:
     target = feats[name]
     candidates = {k: v.capped(max_aux_rows) for k, v in feats.items() if k != name}
@@ -105,17 +121,20 @@ def evaluate_target(
             k: nearest_neighbour_tanimoto(tr.fingerprints, c.fingerprints) for k, c in candidates.items()
         }
         started = time.perf_counter()
-        scores = route(tr, candidates, MolGroupConfig(**{**cfg.to_json(), "seed": seed}))
+        scores = route(tr, candidates, replace(cfg, seed=seed, repeats=1))
         route_s = time.perf_counter() - started
+        ens_scores = route(tr, candidates, replace(cfg, seed=seed, repeats=ensemble_repeats))
+        ens_s = time.perf_counter() - started - route_s
         groups = {
             "none": [],
             "all": sorted(candidates),
             "structure": sorted(sims, key=lambda k: -sims[k])[:3],
-            "molgroup": [s.dataset for s in sorted(scores, key=lambda s: -s.score) if s.selected],
+            "molgroup": routed(scores),
+            "molgroup_ens": routed(ens_scores),
         }
         runs: dict[str, dict] = {"none": fit_and_score(target, [], train, val, test, seed=seed, **hparams)}
         for weight, transfer in weight_transfer_pairs(aux_weights, transfers):
-            for config in ("all", "structure", "molgroup"):
+            for config in GROUPED:
                 col = variant(config, weight, transfer)
                 if not groups[config]:
                     runs[col] = runs["none"]
@@ -131,7 +150,7 @@ def evaluate_target(
                     transfer=transfer,
                     **hparams,
                 )
-            for config in ("molgroup", "structure"):  # the group if it beats none on validation
+            for config in CHECKED:  # the group if it beats none on validation
                 checked = variant(config, weight, transfer)
                 if not _better(runs[checked]["val"][metric], runs["none"]["val"][metric], metric):
                     checked = "none"
@@ -142,8 +161,10 @@ def evaluate_target(
         row = {
             "seed": seed,
             "route_seconds": route_s,
+            "ensemble_route_seconds": ens_s,
             "groups": groups,
             "scores": {s.dataset: round(s.score, 4) for s in scores},
+            "ensemble_scores": {s.dataset: [round(s.score, 4), s.votes] for s in ens_scores},
             "val": {c: _num(runs[c]["val"][metric]) for c in columns},
             "test": {c: _num(runs[c]["test"][metric]) for c in columns},
             "aux_rows_removed_all": runs[variant("all", aux_weights[0], transfers[0])]["aux_rows_removed"],
@@ -165,13 +186,14 @@ def evaluate_target(
         print(
             f"  {name} seed {seed}: "
             + ", ".join(f"{c}={row['test'][c]:.4f}" for c in columns)
-            + f" | molgroup={groups['molgroup']} structure={groups['structure']} ({route_s:.0f} s)",
+            + f" | molgroup={groups['molgroup']} ens={groups['molgroup_ens']} structure={groups['structure']}"
+            + f" ({route_s:.0f} s, ensemble {ens_s:.0f} s)",
             flush=True,
         )
     summary = summarise_seeds(per_seed, variants(aux_weights, transfers), metric)
     overlaps = set(entries[name].overlaps)
     near_dup = sorted(
-        {g for r in per_seed for c in ("molgroup", "structure") for g in r["groups"][c]} & overlaps
+        {g for r in per_seed for c in CHECKED for g in r["groups"].get(c, [])} & overlaps
     )
     return {
         "target": name,
@@ -183,7 +205,13 @@ def evaluate_target(
         "seeds": per_seed,
         "near_duplicates_selected": near_dup,
         "route_seconds_mean": float(np.mean([r["route_seconds"] for r in per_seed])),
+        "ensemble_route_seconds_mean": float(np.mean([r["ensemble_route_seconds"] for r in per_seed])),
     }
+
+
+def routed(scores: list) -> list[str]:
+    """The routing's group, best first."""
+    return [s.dataset for s in sorted(scores, key=lambda s: -s.score) if s.selected]
 
 
 def summarise_seeds(per_seed: list[dict], columns: list[str], metric: str) -> dict:
@@ -260,6 +288,8 @@ def choose_on_validation(
     chosen = {}
     for config in CONFIGS[1:]:
         options = [variant(config, w, t) for w, t in weight_transfer_pairs(weights, transfers)]
+        if not all(v in r["summary"] for v in options for r in results):
+            continue  # results recorded before this configuration existed
         chosen[config] = max(
             options,
             key=lambda v: np.mean([r["summary"][v]["val"]["relative_improvement"] for r in results]),
@@ -366,6 +396,12 @@ def main() -> None:
         "crossed with --aux-weights and chosen on validation the same way",
     )
     parser.add_argument(
+        "--ensemble-repeats",
+        type=int,
+        default=5,
+        help="routing runs averaged for the molgroup_ens configuration (MolGroupConfig.repeats)",
+    )
+    parser.add_argument(
         "--reverse-features",
         action="store_true",
         help="embed catalog sets in reverse order (two runs sharing --cache then split the embedding work)",
@@ -396,8 +432,13 @@ def main() -> None:
     unknown = sorted(set(transfers) - set(TRANSFERS))
     if unknown:
         parser.error(f"--transfers: unknown {unknown}; choose from {list(TRANSFERS)}")
-    if args.merge:
-        docs = [json.loads(Path(p).read_text()) for p in args.merge.split(",")]
+    if args.ensemble_repeats < 1:
+        parser.error("--ensemble-repeats must be at least 1")
+    if args.merge is not None:
+        paths = [p.strip() for p in args.merge.split(",") if p.strip()]
+        if not paths:
+            parser.error("--merge: no result files given")
+        docs = [json.loads(Path(p).read_text()) for p in paths]
         print(report(merge_results([r for d in docs for r in d["results"]]), weights, transfers))
         for d in docs:
             print(f"machine: {d.get('machine')}; total {d.get('total_seconds', float('nan')):.0f} s")
@@ -447,6 +488,7 @@ def main() -> None:
                 weights,
                 transfers,
                 args.first_seed,
+                args.ensemble_repeats,
             )
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)

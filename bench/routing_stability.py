@@ -2,19 +2,23 @@
 
 For one target and each seed: route the target's training rows (scaffold split) against the catalog
 twice with identical inputs, then once with every catalog feature multiplied by ``1 + noise·N(0, 1)``
-(the size of bf16 rounding is ~4e-3), and print the three groups. Catalog embeddings come from (and
-go to) ``--cache`` like ``molfusion recommend``'s.
+(the size of bf16 rounding is ~4e-3), and print the three groups. This is done for each routing
+``--repeats`` value (``MolGroupConfig.repeats``: runs whose gates are averaged), with the same perturbed
+features, and the overlap (Jaccard index) of each pair of groups is summarised. Catalog embeddings come
+from (and go to) ``--cache`` like ``molfusion recommend``'s.
 
     python bench/routing_stability.py --target bace --exclude hiv,muv,qm8,qm9,aqsoldb --seeds 3 \\
-        --cache runs/rec/cache
+        --repeats 1,5 --cache runs/rec/cache
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +37,17 @@ from grouping.features import SetFeatures, load_catalog_features  # noqa: E402
 from grouping.routing import MolGroupConfig, route  # noqa: E402
 
 
-def routed_group(target: SetFeatures, candidates: dict[str, SetFeatures], seed: int) -> list[str]:
-    scores = route(target, candidates, MolGroupConfig(seed=seed))
+def routed_group(
+    target: SetFeatures, candidates: dict[str, SetFeatures], seed: int, repeats: int
+) -> list[str]:
+    scores = route(target, candidates, MolGroupConfig(seed=seed, repeats=repeats))
     return [s.dataset for s in sorted(scores, key=lambda s: -s.score) if s.selected]
+
+
+def jaccard(a: list[str], b: list[str]) -> float:
+    """|A ∩ B| / |A ∪ B| (1 when both groups are empty)."""
+    union = set(a) | set(b)
+    return len(set(a) & set(b)) / len(union) if union else 1.0
 
 
 def perturbed(feats: dict[str, SetFeatures], noise: float, rng: np.random.Generator) -> dict:
@@ -55,6 +67,7 @@ def main() -> None:
     parser.add_argument("--target", default="bace")
     parser.add_argument("--exclude", default="", help="catalog sets left out of the candidates")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--repeats", default="1", help="comma-separated MolGroupConfig.repeats to compare")
     parser.add_argument("--noise", type=float, default=1e-3)
     parser.add_argument("--max-rows", type=int, default=2000, help="catalog subsample (recommend's default)")
     parser.add_argument("--cache", type=Path, default=Path("runs/rec/cache"))
@@ -67,17 +80,48 @@ def main() -> None:
         entries, get_settings().data_dir, build_embedder(), args.cache, args.max_rows
     )
     target = feats.pop(args.target)
-    rng = np.random.default_rng(0)
+    repeats = [int(r) for r in args.repeats.split(",")]
+    noise_key = f"features_noise_{args.noise:g}"
     rows = []
     for seed in range(args.seeds):
         train, _val, _test = scaffold_split(target.smiles, seed)
         tr = target.subset(train)
-        first, again = routed_group(tr, feats, seed), routed_group(tr, feats, seed)
-        noisy = routed_group(tr, perturbed(feats, args.noise, rng), seed)
-        rows.append(
-            {"seed": seed, "group": first, "same_input_again": again, f"features_noise_{args.noise:g}": noisy}
+        noisy_feats = perturbed(feats, args.noise, np.random.default_rng(1000 + seed))
+        for r in repeats:
+            started = time.perf_counter()
+            first = routed_group(tr, feats, seed, r)
+            seconds = time.perf_counter() - started
+            again = routed_group(tr, feats, seed, r)
+            noisy = routed_group(tr, noisy_feats, seed, r)
+            rows.append(
+                {
+                    "seed": seed,
+                    "repeats": r,
+                    "group": first,
+                    "same_input_again": again,
+                    noise_key: noisy,
+                    "jaccard_noise": jaccard(first, noisy),
+                    "route_seconds": round(seconds, 2),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    for r in repeats:
+        mine = [row for row in rows if row["repeats"] == r]
+        across = [jaccard(a["group"], b["group"]) for a, b in itertools.combinations(mine, 2)]
+        print(
+            json.dumps(
+                {
+                    "repeats": r,
+                    "same_input_identical": sum(m["group"] == m["same_input_again"] for m in mine),
+                    "noise_identical": sum(m["group"] == m[noise_key] for m in mine),
+                    "noise_jaccard_mean": float(np.mean([m["jaccard_noise"] for m in mine])),
+                    "across_seeds_jaccard_mean": float(np.mean(across)) if across else None,
+                    "of": len(mine),
+                    "route_seconds_mean": float(np.mean([m["route_seconds"] for m in mine])),
+                }
+            ),
+            flush=True,
         )
-        print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"machine": machine_info(), "target": args.target, "candidates": sorted(feats)}))
 
 

@@ -68,6 +68,7 @@ def score_candidates(
                 "score": s.score,
                 "selected": s.selected,
                 "pruned_in_round": s.pruned_in_round,
+                "votes": s.votes,
                 "tanimoto_nn": similarity[s.dataset],
             }
             for s in scores

@@ -25,6 +25,11 @@ embedding projected on its leading principal components, :class:`Projection`):
   routing update, and iterative pruning: after each round the lowest-scoring fraction of the remaining
   candidates is dropped. Final group: remaining candidates with gate ``≥ select_threshold``, best first,
   at most ``max_group``.
+- Repeats: one routing run's group hangs on noise (a 10⁻³ relative change of the features changed it
+  in 3 of 3 seeds, docs/bench_grouping.md). With ``repeats = R > 1`` the routing runs with seeds
+  ``seed … seed + R − 1`` and every candidate's affinities and gate are averaged over the runs (a
+  candidate pruned in a run counts with its gate when it was pruned); the group is then chosen from the
+  mean gates by the same rule. ``votes`` is the fraction of runs whose own group had the candidate.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -68,6 +73,7 @@ class MolGroupConfig:
     max_group: int = 3
     score_sample: int = 512
     seed: int = 0
+    repeats: int = 1
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -81,6 +87,7 @@ class CandidateScore:
     score: float
     selected: bool
     pruned_in_round: int | None
+    votes: float = 0.0
 
 
 def _mlp(d_in: int, hidden: int) -> nn.Sequential:
@@ -90,7 +97,10 @@ def _mlp(d_in: int, hidden: int) -> nn.Sequential:
 
 
 class SetEncoder(nn.Module):
-    """Gated-attention pooling of a set: ``s = Σ_i softmax_i(w·(tanh(V h_i) ⊙ σ(U h_i))) h_i``."""
+    """Gated-attention pooling of a set: ``s = Σ_i softmax_i(w·(tanh(V h_i) ⊙ σ(U h_i))) h_i``.
+
+    Input ``[..., n, d_in]`` (one set, or a stack of equal-size sets), output ``[..., dim]``.
+    """
 
     def __init__(self, d_in: int, dim: int) -> None:
         super().__init__()
@@ -102,7 +112,7 @@ class SetEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.mol(x)
         att = self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1)
-        return (torch.softmax(att, dim=0).unsqueeze(-1) * h).sum(0)
+        return (torch.softmax(att, dim=-1).unsqueeze(-1) * h).sum(-2)
 
 
 class Router(nn.Module):
@@ -121,7 +131,10 @@ class Router(nn.Module):
         ``set_inputs[d]`` is a batch of set ``d``'s molecules; all sets are pooled so that the centring
         of the set representations does not depend on which candidates are still in play.
         """
-        reps = torch.stack([self.sets(x) for x in set_inputs])
+        if len({len(x) for x in set_inputs}) == 1:  # equal batches: one pass over the stack
+            reps = self.sets(torch.stack(set_inputs))
+        else:
+            reps = torch.stack([self.sets(x) for x in set_inputs])
         reps = reps - reps.mean(0, keepdim=True)
         struct = F.cosine_similarity(reps[:1], reps[1:], dim=-1)
         task = F.cosine_similarity(self.task[:1], self.task[1:], dim=-1)
@@ -130,14 +143,52 @@ class Router(nn.Module):
         return task, struct, gate
 
 
+def _batched_linear(n: int, d_in: int, d_out: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """Weights ``[n, d_in, d_out]`` and biases ``[n, 1, d_out]`` of ``n`` linear maps, each initialised
+    like :class:`torch.nn.Linear` (uniform in ``±1/√d_in``)."""
+    bound = 1.0 / math.sqrt(d_in)
+    weight = nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound))
+    bias = nn.Parameter(torch.empty(n, 1, d_out).uniform_(-bound, bound))
+    return weight, bias
+
+
+class BatchedLinear(nn.Module):
+    """``n`` independent linear maps; ``forward(x [k, b, d_in], sets [k])`` applies map ``sets[j]`` to
+    ``x[j]`` in one batched matrix product."""
+
+    def __init__(self, n: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.weight, self.bias = _batched_linear(n, d_in, d_out)
+
+    def forward(self, x: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias[sets], x, self.weight[sets])
+
+
+class BatchedMLP(nn.Module):
+    """``n`` independent copies of the 2-layer trunk of :func:`_mlp`, applied like :class:`BatchedLinear`."""
+
+    def __init__(self, n: int, d_in: int, hidden: int) -> None:
+        super().__init__()
+        self.first = BatchedLinear(n, d_in, hidden)
+        self.second = BatchedLinear(n, hidden, hidden)
+
+    def forward(self, x: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+        h = F.dropout(torch.relu(self.first(x, sets)), 0.1, self.training)
+        return torch.relu(self.second(h, sets))
+
+
 class Backbone(nn.Module):
-    """Shared trunk + target head (θ_s) and per-auxiliary private trunks and heads."""
+    """Shared trunk + target head (θ_s) and per-auxiliary private trunks and heads.
+
+    The auxiliary sets' private trunks are batched (one matrix product per layer for all sets); their
+    heads stay separate, since one set (ToxCast, 617 tasks) is far wider than the rest.
+    """
 
     def __init__(self, d_in: int, target_tasks: int, aux_tasks: list[int], hidden: int) -> None:
         super().__init__()
         self.shared = _mlp(d_in, hidden)
         self.target_head = nn.Linear(hidden, target_tasks)
-        self.private = nn.ModuleList([_mlp(d_in, hidden) for _ in aux_tasks])
+        self.private = BatchedMLP(len(aux_tasks), d_in, hidden)
         self.heads = nn.ModuleList([nn.Linear(hidden, t) for t in aux_tasks])
 
 
@@ -201,6 +252,26 @@ class _SetTensors:
         return rng.choice(pool, size=size, replace=len(pool) < size)
 
 
+@dataclass
+class _AuxBatch:
+    """One step's batches of the alive auxiliary sets: the sets' indices, features stacked ``[k, b, d]``,
+    and per set its labels ``[b, t]`` and task kinds ``[t]``."""
+
+    sets: list[int]
+    x: torch.Tensor
+    y: list[torch.Tensor]
+    cls: list[torch.Tensor]
+
+    @classmethod
+    def stack(cls, aux: list[_SetTensors], alive: list[int], rows: list[np.ndarray]) -> _AuxBatch:
+        return cls(
+            list(alive),
+            torch.stack([aux[k].x[i] for k, i in zip(alive, rows, strict=True)]),
+            [aux[k].y[i] for k, i in zip(alive, rows, strict=True)],
+            [aux[k].cls for k in alive],
+        )
+
+
 def route(
     target: SetFeatures,
     candidates: dict[str, SetFeatures],
@@ -211,6 +282,58 @@ def route(
 
     ``progress(fraction, message)`` is called after every epoch; it may raise to abort.
     """
+    if cfg.repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {cfg.repeats}")
+    runs = []
+    for r in range(cfg.repeats):
+
+        def report(fraction: float, message: str, r: int = r) -> None:
+            if progress is not None:
+                prefix = f"routing run {r + 1}/{cfg.repeats}, " if cfg.repeats > 1 else ""
+                progress((r + fraction) / cfg.repeats, prefix + message)
+
+        runs.append(_route_once(target, candidates, replace(cfg, seed=cfg.seed + r), report))
+    return runs[0] if len(runs) == 1 else combine_runs(runs, cfg)
+
+
+def combine_runs(runs: list[list[CandidateScore]], cfg: MolGroupConfig) -> list[CandidateScore]:
+    """One score per candidate from several routing runs: mean affinities and gate, the fraction of runs
+    that selected it (``votes``), the round most runs pruned it in (``None`` = most kept it), and the
+    group chosen from the mean gates by the single run's rule (gate ``≥ select_threshold``, best first,
+    at most ``max_group``)."""
+    names = [s.dataset for s in runs[0]]
+    by_name = [{s.dataset: s for s in run} for run in runs]
+    if any(set(b) != set(names) for b in by_name):
+        raise ValueError("routing runs scored different candidates")
+    merged = []
+    for n in names:
+        scores = [b[n] for b in by_name]
+        pruned = [s.pruned_in_round for s in scores]
+        mode = max(set(pruned), key=lambda p: (pruned.count(p), p is None, p or 0))
+        merged.append(
+            CandidateScore(
+                n,
+                float(np.mean([s.task_affinity for s in scores])),
+                float(np.mean([s.structure_affinity for s in scores])),
+                float(np.mean([s.score for s in scores])),
+                False,
+                mode,
+                float(np.mean([s.selected for s in scores])),
+            )
+        )
+    ranked = sorted(merged, key=lambda s: -s.score)
+    for s in ranked[: cfg.max_group]:
+        s.selected = s.score >= cfg.select_threshold
+    return merged
+
+
+def _route_once(
+    target: SetFeatures,
+    candidates: dict[str, SetFeatures],
+    cfg: MolGroupConfig,
+    progress: Callable[[float, str], None] | None,
+) -> list[CandidateScore]:
+    """One routing run with seed ``cfg.seed`` (:func:`route` with ``repeats = 1``)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     names = list(candidates)
@@ -239,7 +362,7 @@ def route(
             backbone.train()
             for _ in range(cfg.steps_per_epoch):
                 t_idx = tgt.batch(rng, cfg.batch_size, train_rows)
-                a_idx = [aux[k].batch(rng, cfg.batch_size) for k in alive]
+                batch = _AuxBatch.stack(aux, alive, [aux[k].batch(rng, cfg.batch_size) for k in alive])
                 if warm:
                     gate = torch.ones(len(alive))
                 else:
@@ -251,17 +374,15 @@ def route(
                         router,
                         meta_opt,
                         tgt,
-                        aux,
-                        alive,
+                        batch,
                         t_idx,
-                        a_idx,
                         gate,
                         tgt.batch(rng, cfg.batch_size, meta_rows),
                         cfg.virtual_lr,
                     )
                     gate = gate.detach()
                 opt.zero_grad()
-                loss = _joint_loss(backbone, tgt, aux, alive, t_idx, a_idx, gate, None)
+                loss = _joint_loss(backbone, tgt, batch, t_idx, gate, None)
                 loss.backward()
                 opt.step()
             epoch_no += 1
@@ -282,7 +403,9 @@ def route(
     final = sorted(alive, key=lambda k: -last[k][2])
     chosen = {k for k in final[: cfg.max_group] if last[k][2] >= cfg.select_threshold}
     return [
-        CandidateScore(names[k], last[k][0], last[k][1], last[k][2], k in chosen, pruned_round.get(k))
+        CandidateScore(
+            names[k], last[k][0], last[k][1], last[k][2], k in chosen, pruned_round.get(k), float(k in chosen)
+        )
         for k in range(len(aux))
     ]
 
@@ -290,23 +413,25 @@ def route(
 def _joint_loss(
     backbone: Backbone,
     tgt: _SetTensors,
-    aux: list[_SetTensors],
-    alive: list[int],
+    batch: _AuxBatch,
     t_idx: np.ndarray,
-    a_idx: list[np.ndarray],
     gate: torch.Tensor,
     shared_params: dict[str, torch.Tensor] | None,
 ) -> torch.Tensor:
-    """``L_t + Σ_a L_a`` with aux batches routed through ``g_a f_s + (1 − g_a) f_a``."""
+    """``L_t + mean_a L_a`` with aux batches routed through ``g_a f_s + (1 − g_a) f_a``."""
 
     def shared(x: torch.Tensor) -> torch.Tensor:
         return backbone.shared(x) if shared_params is None else _shared_call(backbone, shared_params, x)
 
     loss = masked_loss(backbone.target_head(shared(tgt.x[t_idx])), tgt.y[t_idx], tgt.cls)
-    for j, (k, idx) in enumerate(zip(alive, a_idx, strict=True)):
-        x = aux[k].x[idx]
-        z = gate[j] * shared(x) + (1 - gate[j]) * backbone.private[k](x)
-        loss = loss + masked_loss(backbone.heads[k](z), aux[k].y[idx], aux[k].cls) / max(len(alive), 1)
+    k, b, d = batch.x.shape
+    if k == 0:
+        return loss
+    g = gate.view(k, 1, 1)
+    sets = torch.tensor(batch.sets, dtype=torch.long)
+    z = g * shared(batch.x.reshape(k * b, d)).view(k, b, -1) + (1 - g) * backbone.private(batch.x, sets)
+    for j, (s, y, c) in enumerate(zip(batch.sets, batch.y, batch.cls, strict=True)):
+        loss = loss + masked_loss(backbone.heads[s](z[j]), y, c) / k
     return loss
 
 
@@ -320,17 +445,15 @@ def _meta_step(
     router: Router,
     meta_opt: torch.optim.Optimizer,
     tgt: _SetTensors,
-    aux: list[_SetTensors],
-    alive: list[int],
+    batch: _AuxBatch,
     t_idx: np.ndarray,
-    a_idx: list[np.ndarray],
     gate: torch.Tensor,
     meta_idx: np.ndarray,
     virtual_lr: float,
 ) -> None:
     """One meta-gradient update of the routing parameters through a virtual step of the shared trunk."""
     params = dict(backbone.shared.named_parameters())
-    inner = _joint_loss(backbone, tgt, aux, alive, t_idx, a_idx, gate, params)
+    inner = _joint_loss(backbone, tgt, batch, t_idx, gate, params)
     grads = torch.autograd.grad(inner, list(params.values()), create_graph=True, allow_unused=True)
     virtual = {
         n: p - virtual_lr * g if g is not None else p

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from grouping.evidence import fit_and_score, relative_improvement, stack
 from grouping.features import SetFeatures, load_catalog_features
 from grouping.methods import METHODS, nearest_neighbour_tanimoto, score_candidates
 from grouping.recommend import RecommendOptions, recommend
-from grouping.routing import MolGroupConfig, route
+from grouping.routing import CandidateScore, MolGroupConfig, combine_runs, route
 from grouping.target import TargetError, parse_target, read_csv_bytes
 
 SMALL_SETS = ("bace", "esol", "tox21")
@@ -291,6 +292,56 @@ def test_routing_prefers_the_helpful_auxiliary_set() -> None:
     assert scores["far"].pruned_in_round == 1  # lowest score after round 1 is pruned
 
 
+def test_repeated_routing_averages_the_runs_and_picks_from_the_mean_gates() -> None:
+    """repeats = 3 is the three single runs (seeds 0, 1, 2) combined: mean affinities and gate, votes =
+    share of runs that selected the set, the group chosen from the mean gates; the helpful set wins."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=16)
+    target = _synthetic("target", rng, 150, w, "same", 0.05)
+    candidates = {
+        "helpful": _synthetic("helpful", rng, 600, w, "same", 0.05),
+        "random": _synthetic("random", rng, 600, w, "random", 0.05),
+        "far": _synthetic("far", rng, 600, w, "random", 0.2, shift=1.0),
+    }
+    cfg = MolGroupConfig(steps_per_epoch=10, rounds=2, epochs_per_round=2, max_group=1)
+    singles = [{s.dataset: s for s in route(target, candidates, replace(cfg, seed=k))} for k in range(3)]
+    combined = {s.dataset: s for s in route(target, candidates, replace(cfg, repeats=3))}
+    for name, s in combined.items():
+        assert s.score == pytest.approx(np.mean([r[name].score for r in singles]))
+        assert s.task_affinity == pytest.approx(np.mean([r[name].task_affinity for r in singles]))
+        assert s.votes == pytest.approx(np.mean([r[name].selected for r in singles]))
+    assert [n for n, s in combined.items() if s.selected] == ["helpful"]
+    assert combined["far"].pruned_in_round == 1
+
+
+def _score(name: str, gate: float, selected: bool, pruned: int | None = None) -> CandidateScore:
+    return CandidateScore(name, 0.1, 0.2, gate, selected, pruned, float(selected))
+
+
+def test_combine_runs_selection_rule_votes_and_pruning_round() -> None:
+    runs = [
+        [_score("a", 0.9, True), _score("b", 0.6, True), _score("c", 0.2, False, 1)]
+        + [_score("d", 0.55, False)],
+        [_score("a", 0.7, True), _score("b", 0.3, False, 2), _score("c", 0.3, False, 1)]
+        + [_score("d", 0.5, True)],
+    ]
+    out = {s.dataset: s for s in combine_runs(runs, MolGroupConfig(max_group=2))}
+    assert out["a"].score == pytest.approx(0.8) and out["a"].votes == 1.0
+    assert out["d"].score == pytest.approx(0.525) and out["d"].votes == 0.5
+    # mean gates a 0.8, d 0.525, b 0.45, c 0.25: the two best at or above 0.5
+    assert {n for n, s in out.items() if s.selected} == {"a", "d"}
+    assert out["c"].pruned_in_round == 1  # pruned in round 1 by both runs
+    assert out["b"].pruned_in_round is None  # a tie between kept and pruned counts as kept
+    # a mean gate below the threshold is never selected, even with room in the group
+    low = combine_runs([[_score("a", 0.6, True)], [_score("a", 0.3, False)]], MolGroupConfig(max_group=3))
+    assert not low[0].selected and low[0].votes == 0.5
+    with pytest.raises(ValueError, match="different candidates"):
+        combine_runs([[_score("a", 0.6, True)], [_score("b", 0.6, True)]], MolGroupConfig())
+    with pytest.raises(ValueError, match="repeats"):
+        tiny = _synthetic("t", np.random.default_rng(0), 10, np.ones(4), "same", 0.1)
+        route(tiny, {}, MolGroupConfig(repeats=0))
+
+
 def test_tanimoto_similarity_and_stacking() -> None:
     rng = np.random.default_rng(1)
     fp = (rng.random((40, 1024)) < 0.1).astype(np.uint8)
@@ -403,7 +454,15 @@ def test_recommend_result_schema(
     assert result["recommended_group"] == [r["dataset"] for r in result["candidates"] if r["selected"]]
     ev = result["evidence"]
     assert ev["metric"] == "roc_auc" and ev["seeds"] == 2 and len(ev["target_alone"]["values"]) == 2
-    assert 0.0 <= ev["target_alone"]["mean"] <= 1.0 and ev["group"] == result["recommended_group"]
+    assert 0.0 <= ev["target_alone"]["mean"] <= 1.0
+    withheld = result["withheld_group"]
+    # the evidence is for the routed group; it is recommended only if it beat target alone on validation
+    routed = [r["dataset"] for r in result["candidates"] if r["routed"]]
+    assert ev["group"] == (withheld["group"] if withheld else result["recommended_group"]) == routed
+    if withheld:
+        assert result["recommended_group"] == [] and ev["relative_improvement"] <= 0
+    else:
+        assert not routed or ev["relative_improvement"] > 0
     assert ev["aux_weight"] == 1.0 and result["settings"]["aux_weight"] == 1.0
     assert ev["transfer"] == "finetune" and result["settings"]["transfer"] == "finetune"
     assert result["settings"]["routing"]["rounds"] == FAST_ROUTING.rounds and result["wall_time_s"] > 0

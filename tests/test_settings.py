@@ -41,3 +41,15 @@ def test_recommend_transfer_reaches_the_recommendation_options(monkeypatch: pyte
     monkeypatch.setenv("MOLFUSION_RECOMMEND_TRANSFER", "sequential")
     with pytest.raises(ValueError, match="recommend_transfer"):
         Settings()
+
+
+def test_recommend_routing_repeats_reaches_the_routing_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.jobs import recommendation_options
+
+    default = Settings().recommend_routing_repeats
+    assert recommendation_options(Settings(), "molgroup").routing.repeats == default
+    monkeypatch.setenv("MOLFUSION_RECOMMEND_ROUTING_REPEATS", "4")
+    assert recommendation_options(Settings(), "molgroup").routing.repeats == 4
+    monkeypatch.setenv("MOLFUSION_RECOMMEND_ROUTING_REPEATS", "0")
+    with pytest.raises(ValueError, match="recommend_routing_repeats"):
+        Settings()
