@@ -10,11 +10,12 @@ For each target set of the catalog (the target itself removed from its candidate
   target's training molecules;
 - ``molgroup``: + the group recommended by :func:`grouping.routing.route`, which sees only the
   target's training rows;
-- ``molgroup_ens``: + the group of the routing repeated ``--ensemble-repeats`` times (seeds
-  ``seed … seed + R − 1``) with the gates averaged (``MolGroupConfig.repeats``);
+- further routed configurations named by ``--routing NAME=KEY:VALUE;...`` (``MolGroupConfig`` fields),
+  e.g. ``molgroup_ens=repeats:5`` (the routing repeated with 5 seeds, gates averaged) or
+  ``molgroup_prior=structure_prior:0.5`` (a fingerprint-similarity prior on the gate);
 - ``molgroup_checked``: ``molgroup``'s group if its *validation* metric beats ``none``'s for that seed,
-  else no group (model selection on validation, never on test); ``structure_checked`` and
-  ``molgroup_ens_checked`` likewise.
+  else no group (model selection on validation, never on test); ``structure_checked`` and every
+  routed configuration's ``*_checked`` likewise.
 
 With ``--aux-weights`` and ``--transfers`` every group configuration is trained in each (loss share,
 transfer scheme) setting, and each configuration's setting is chosen on the mean validation improvement.
@@ -56,10 +57,12 @@ from fusion.training import scaffold_split  # noqa: E402
 from grouping.catalog import load_catalog  # noqa: E402
 from grouping.evidence import TRANSFERS, fit_and_score, primary, relative_improvement  # noqa: E402
 from grouping.features import load_catalog_features  # noqa: E402
-from grouping.methods import nearest_neighbour_tanimoto  # noqa: E402
 from grouping.routing import MolGroupConfig, route  # noqa: E402
+from grouping.similarity import nearest_neighbour_tanimoto  # noqa: E402
 
-CONFIGS = (
+DEFAULT_ROUTINGS = ("molgroup",)
+# the configurations of result files written before they were listed in each result ("configs")
+LEGACY_CONFIGS = (
     "none",
     "all",
     "structure",
@@ -69,8 +72,31 @@ CONFIGS = (
     "molgroup_ens",
     "molgroup_ens_checked",
 )
-GROUPED = ("all", "structure", "molgroup", "molgroup_ens")  # configurations that train with a group
-CHECKED = ("molgroup", "structure", "molgroup_ens")  # ... and those with a validation-checked variant
+
+
+def configurations(routed: list[str]) -> list[str]:
+    """Result columns before (loss share, transfer) variants: ``none``, ``all``, ``structure`` and its
+    checked variant, then each routed configuration and its checked variant."""
+    return ["none", "all", "structure", "structure_checked"] + [
+        c for r in routed for c in (r, f"{r}_checked")
+    ]
+
+
+def parse_routing(text: str) -> tuple[str, dict]:
+    """``NAME`` or ``NAME=KEY:VALUE;KEY:VALUE`` -> (name, ``MolGroupConfig`` overrides), values typed by
+    the field's default (``molgroup_ens=repeats:5``)."""
+    name, _, spec = text.partition("=")
+    name = name.strip()
+    if not name.replace("_", "").isalnum() or name.endswith("_checked"):
+        raise ValueError(f"routing name {name!r}: letters, digits and '_', not ending in _checked")
+    defaults = MolGroupConfig().to_json()
+    overrides: dict = {}
+    for item in filter(None, (i.strip() for i in spec.split(";"))):
+        key, sep, value = item.partition(":")
+        if not sep or key not in defaults or key == "seed":
+            raise ValueError(f"routing {name!r}: {item!r} is not KEY:VALUE with KEY a MolGroupConfig field")
+        overrides[key] = type(defaults[key])(value)
+    return name, overrides
 DEFAULT_TARGETS = "bbbp,bace,clintox,esol,freesolv,lipophilicity,pampa,ppbr"
 
 
@@ -102,17 +128,17 @@ def evaluate_target(
     entries: dict,
     seeds: int,
     hparams: dict,
-    cfg: MolGroupConfig,
+    routings: dict[str, MolGroupConfig],
     log: logging.Logger,
     max_aux_rows: int | None = None,
     aux_weights: tuple[float | None, ...] = (None,),
     transfers: tuple[str, ...] = ("joint",),
     first_seed: int = 0,
-    ensemble_repeats: int = 5,
 ) -> dict:
     target = feats[name]
     candidates = {k: v.capped(max_aux_rows) for k, v in feats.items() if k != name}
     metric = primary(target.task_types)
+    configs = configurations(list(routings))
     per_seed: list[dict] = []
     for seed in range(first_seed, first_seed + seeds):
         train, val, test = scaffold_split(target.smiles, seed)
@@ -120,21 +146,21 @@ def evaluate_target(
         sims = {
             k: nearest_neighbour_tanimoto(tr.fingerprints, c.fingerprints) for k, c in candidates.items()
         }
-        started = time.perf_counter()
-        scores = route(tr, candidates, replace(cfg, seed=seed, repeats=1))
-        route_s = time.perf_counter() - started
-        ens_scores = route(tr, candidates, replace(cfg, seed=seed, repeats=ensemble_repeats))
-        ens_s = time.perf_counter() - started - route_s
+        scores: dict[str, list] = {}
+        seconds: dict[str, float] = {}
+        for rname, rcfg in routings.items():
+            started = time.perf_counter()
+            scores[rname] = route(tr, candidates, replace(rcfg, seed=seed))
+            seconds[rname] = time.perf_counter() - started
         groups = {
             "none": [],
             "all": sorted(candidates),
             "structure": sorted(sims, key=lambda k: -sims[k])[:3],
-            "molgroup": routed(scores),
-            "molgroup_ens": routed(ens_scores),
+            **{rname: routed(sc) for rname, sc in scores.items()},
         }
         runs: dict[str, dict] = {"none": fit_and_score(target, [], train, val, test, seed=seed, **hparams)}
         for weight, transfer in weight_transfer_pairs(aux_weights, transfers):
-            for config in GROUPED:
+            for config in ("all", "structure", *routings):
                 col = variant(config, weight, transfer)
                 if not groups[config]:
                     runs[col] = runs["none"]
@@ -150,21 +176,24 @@ def evaluate_target(
                     transfer=transfer,
                     **hparams,
                 )
-            for config in CHECKED:  # the group if it beats none on validation
+            for config in ("structure", *routings):  # the group if it beats none on validation
                 checked = variant(config, weight, transfer)
                 if not _better(runs[checked]["val"][metric], runs["none"]["val"][metric], metric):
                     checked = "none"
                 col = variant(f"{config}_checked", weight, transfer)
                 runs[col] = runs[checked]
                 groups[col] = groups[config if checked != "none" else "none"]
-        columns = variants(aux_weights, transfers)
+        columns = variants(aux_weights, transfers, configs)
+        first = next(iter(routings))
         row = {
             "seed": seed,
-            "route_seconds": route_s,
-            "ensemble_route_seconds": ens_s,
+            "route_seconds": seconds[first],
+            "routing_seconds": seconds,
             "groups": groups,
-            "scores": {s.dataset: round(s.score, 4) for s in scores},
-            "ensemble_scores": {s.dataset: [round(s.score, 4), s.votes] for s in ens_scores},
+            "scores": {s.dataset: round(s.score, 4) for s in scores[first]},
+            "routing_scores": {
+                rname: {s.dataset: [round(s.score, 4), s.votes] for s in sc} for rname, sc in scores.items()
+            },
             "val": {c: _num(runs[c]["val"][metric]) for c in columns},
             "test": {c: _num(runs[c]["test"][metric]) for c in columns},
             "aux_rows_removed_all": runs[variant("all", aux_weights[0], transfers[0])]["aux_rows_removed"],
@@ -180,20 +209,20 @@ def evaluate_target(
                 "seed": seed,
                 "test": row["test"],
                 "groups": groups,
-                "route_seconds": round(route_s, 1),
+                "routing_seconds": {k: round(v, 1) for k, v in seconds.items()},
             },
         )
         print(
             f"  {name} seed {seed}: "
             + ", ".join(f"{c}={row['test'][c]:.4f}" for c in columns)
-            + f" | molgroup={groups['molgroup']} ens={groups['molgroup_ens']} structure={groups['structure']}"
-            + f" ({route_s:.0f} s, ensemble {ens_s:.0f} s)",
+            + "".join(f" | {k}={groups[k]} ({seconds[k]:.0f} s)" for k in routings)
+            + f" | structure={groups['structure']}",
             flush=True,
         )
-    summary = summarise_seeds(per_seed, variants(aux_weights, transfers), metric)
+    summary = summarise_seeds(per_seed, variants(aux_weights, transfers, configs), metric)
     overlaps = set(entries[name].overlaps)
     near_dup = sorted(
-        {g for r in per_seed for c in CHECKED for g in r["groups"].get(c, [])} & overlaps
+        {g for r in per_seed for c in ("structure", *routings) for g in r["groups"][c]} & overlaps
     )
     return {
         "target": name,
@@ -204,8 +233,9 @@ def evaluate_target(
         "summary": summary,
         "seeds": per_seed,
         "near_duplicates_selected": near_dup,
+        "configs": configs,
+        "routings": {k: v.to_json() for k, v in routings.items()},
         "route_seconds_mean": float(np.mean([r["route_seconds"] for r in per_seed])),
-        "ensemble_route_seconds_mean": float(np.mean([r["ensemble_route_seconds"] for r in per_seed])),
     }
 
 
@@ -275,9 +305,25 @@ def weight_transfer_pairs(
     return [(w, t) for t in transfers for w in weights]
 
 
-def variants(weights: tuple[float | None, ...], transfers: tuple[str, ...] = ("joint",)) -> list[str]:
+def variants(
+    weights: tuple[float | None, ...], transfers: tuple[str, ...], configs: list[str] | tuple[str, ...]
+) -> list[str]:
     pairs = weight_transfer_pairs(weights, transfers)
-    return ["none"] + [variant(c, w, t) for w, t in pairs for c in CONFIGS[1:]]
+    return ["none"] + [variant(c, w, t) for w, t in pairs for c in configs if c != "none"]
+
+
+def result_configs(results: list[dict]) -> list[str]:
+    """The configurations every result has (those of files written before results listed them are
+    :data:`LEGACY_CONFIGS` whose columns are present)."""
+    per_result = [r.get("configs") or [c for c in LEGACY_CONFIGS if _has_config(r, c)] for r in results]
+    return [c for c in per_result[0] if all(c in p for p in per_result)]
+
+
+def _has_config(result: dict, config: str) -> bool:
+    return config == "none" or any(
+        col == config or col.startswith(f"{config}@") or col.startswith(f"{config}+")
+        for col in result["summary"]
+    )
 
 
 def choose_on_validation(
@@ -286,10 +332,8 @@ def choose_on_validation(
     """Per configuration, the (auxiliary weight, transfer) setting with the best mean *validation*
     relative improvement over target alone across all targets (test numbers are never looked at)."""
     chosen = {}
-    for config in CONFIGS[1:]:
+    for config in result_configs(results)[1:]:
         options = [variant(config, w, t) for w, t in weight_transfer_pairs(weights, transfers)]
-        if not all(v in r["summary"] for v in options for r in results):
-            continue  # results recorded before this configuration existed
         chosen[config] = max(
             options,
             key=lambda v: np.mean([r["summary"][v]["val"]["relative_improvement"] for r in results]),
@@ -333,7 +377,8 @@ def report(
     chosen = choose_on_validation(results, weights, transfers)
     return "\n\n".join(
         [
-            "validation (selection):\n" + markdown(results, variants(weights, transfers), "val"),
+            "validation (selection):\n"
+            + markdown(results, variants(weights, transfers, result_configs(results)), "val"),
             "chosen on validation: " + ", ".join(f"{k} -> {v}" for k, v in chosen.items()),
             "test (chosen variants):\n" + markdown(results, ["none", *chosen.values()], "test"),
         ]
@@ -396,10 +441,11 @@ def main() -> None:
         "crossed with --aux-weights and chosen on validation the same way",
     )
     parser.add_argument(
-        "--ensemble-repeats",
-        type=int,
-        default=5,
-        help="routing runs averaged for the molgroup_ens configuration (MolGroupConfig.repeats)",
+        "--routing",
+        action="append",
+        default=None,
+        help="a routed configuration, NAME or NAME=KEY:VALUE;KEY:VALUE of MolGroupConfig fields "
+        "(repeatable; default: molgroup with the default routing), e.g. molgroup_ens=repeats:5",
     )
     parser.add_argument(
         "--reverse-features",
@@ -432,8 +478,13 @@ def main() -> None:
     unknown = sorted(set(transfers) - set(TRANSFERS))
     if unknown:
         parser.error(f"--transfers: unknown {unknown}; choose from {list(TRANSFERS)}")
-    if args.ensemble_repeats < 1:
-        parser.error("--ensemble-repeats must be at least 1")
+    try:
+        routings = dict(parse_routing(r) for r in (args.routing or DEFAULT_ROUTINGS))
+        routings = {name: MolGroupConfig(**over) for name, over in routings.items()}
+    except (TypeError, ValueError) as exc:
+        parser.error(f"--routing: {exc}")
+    if len(routings) != len(args.routing or DEFAULT_ROUTINGS):
+        parser.error("--routing: a name is given twice")
     if args.merge is not None:
         paths = [p.strip() for p in args.merge.split(",") if p.strip()]
         if not paths:
@@ -471,7 +522,6 @@ def main() -> None:
         print(f"catalog embedded in {embed_s:.0f} s on {embedder.device}")
         return
     hparams = {"epochs": args.epochs, "patience": args.patience}
-    cfg = MolGroupConfig()
     results = []
     for name in targets:
         print(f"target {name}", flush=True)
@@ -482,13 +532,12 @@ def main() -> None:
                 entries,
                 args.seeds,
                 hparams,
-                cfg,
+                routings,
                 log,
                 args.max_aux_rows,
                 weights,
                 transfers,
                 args.first_seed,
-                args.ensemble_repeats,
             )
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -502,7 +551,7 @@ def main() -> None:
         "results": results,
         "machine": machine,
         "args": {k: str(v) for k, v in vars(args).items()},
-        "routing": cfg.to_json(),
+        "routings": {k: v.to_json() for k, v in routings.items()},
         "embed_seconds": embed_s,
         "total_seconds": time.perf_counter() - started,
     }

@@ -85,9 +85,10 @@ for s in $STEPS; do
       # `bench/grouping_eval.py --export-subsample .carry/grp/data --max-rows 1000` (the very rows of the
       # CPU protocol); WHEELS = rdkit and the pydantic(-settings) stack. TRANSFERS = grouping_eval --transfers;
       # FIRST_SEED/SEEDS split the seeds over several calls (then grouping_eval --merge of every JSON);
-      # ENSEMBLE_REPEATS = routing runs averaged for the molgroup_ens configuration.
+      # ROUTINGS = space-separated grouping_eval --routing specs (default: molgroup).
       cache=/tmp/grouping-cache; weights=${AUX_WEIGHTS:-none,1,0.3,0.1}; rows=${MAX_ROWS:-1000}
       transfers=${TRANSFERS:-joint}; first=${FIRST_SEED:-0}
+      routing_args=(); for r in ${ROUTINGS:-molgroup}; do routing_args+=(--routing "$r"); done
       step grouping_embed 300 python3 bench/grouping_eval.py --catalog "$DATA" --max-rows "$rows" --cache "$cache" \
         --embed-only
       echo "=== grouping targets"; t0=$SECONDS
@@ -95,7 +96,7 @@ for s in $STEPS; do
         OMP_NUM_THREADS=2 timeout "${GROUPING_S:-480}" python3 bench/grouping_eval.py --catalog "$DATA" --targets "$t" \
           --seeds "${SEEDS:-3}" --max-rows "$rows" --max-aux-rows 500 --threads 2 --cache "$cache" \
           --aux-weights "$weights" --transfers "$transfers" --first-seed "$first" \
-          --ensemble-repeats "${ENSEMBLE_REPEATS:-5}" \
+          "${routing_args[@]}" \
           --out "$RESULT/grouping_${t}_s$first.json" > "$RESULT/grouping_${t}_s$first.log" 2>&1 &
       done
       wait; echo "=== grouping targets done in $((SECONDS - t0))s"

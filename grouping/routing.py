@@ -16,7 +16,11 @@ embedding projected on its leading principal components, :class:`Projection`):
   (Ilse et al., 2018) of per-molecule encodings ``h_i = MLP([fused_i, ECFP_i])`` over a batch of the set,
   and ``s̃_d = s_d − mean_d' s_d'`` is centred over the sets in play;
   mixed affinity ``m_a = λ τ_a + (1 − λ) σ_a`` with ``λ = sigmoid(β)`` learned;
-  gate ``g_a = sigmoid(m_a / T)``.
+  gate ``g_a = sigmoid((m_a + κ p_a) / T)``, where ``p_a`` is an optional fixed structure prior: the
+  candidate's nearest-neighbour ECFP4 Tanimoto similarity to the target, standardised over the
+  candidates (:func:`grouping.similarity.similarity_prior`), weighted by ``κ = structure_prior``
+  (0 = off, the default). The learned affinities then correct the prior instead of starting from
+  nothing.
 - Bi-level step: virtual SGD step ``θ_s' = θ_s − η ∇_{θ_s}(L_t + Σ_a L_a(g))`` (graph kept), then the
   target loss on held-out target rows at ``θ_s'`` is differentiated w.r.t. ``φ`` (meta-gradient through
   ``g``; ``torch.func.functional_call``). The backbone then takes an ordinary step on
@@ -46,6 +50,7 @@ from torch import nn
 from torch.func import functional_call
 
 from grouping.features import SetFeatures
+from grouping.similarity import similarity_prior
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,7 @@ class MolGroupConfig:
     score_sample: int = 512
     seed: int = 0
     repeats: int = 1
+    structure_prior: float = 0.0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -125,11 +131,14 @@ class Router(nn.Module):
         self.beta = nn.Parameter(torch.zeros(()))
         self.temperature = cfg.temperature
 
-    def affinities(self, set_inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def affinities(
+        self, set_inputs: list[torch.Tensor], prior: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """(task affinity, structure affinity, gate) of every auxiliary set to the target (set 0).
 
         ``set_inputs[d]`` is a batch of set ``d``'s molecules; all sets are pooled so that the centring
-        of the set representations does not depend on which candidates are still in play.
+        of the set representations does not depend on which candidates are still in play. ``prior``
+        (one value per auxiliary set, already weighted) is added to the mixed affinity.
         """
         if len({len(x) for x in set_inputs}) == 1:  # equal batches: one pass over the stack
             reps = self.sets(torch.stack(set_inputs))
@@ -139,7 +148,10 @@ class Router(nn.Module):
         struct = F.cosine_similarity(reps[:1], reps[1:], dim=-1)
         task = F.cosine_similarity(self.task[:1], self.task[1:], dim=-1)
         lam = torch.sigmoid(self.beta)
-        gate = torch.sigmoid((lam * task + (1 - lam) * struct) / self.temperature)
+        mixed = lam * task + (1 - lam) * struct
+        if prior is not None:
+            mixed = mixed + prior
+        gate = torch.sigmoid(mixed / self.temperature)
         return task, struct, gate
 
 
@@ -342,6 +354,10 @@ def _route_once(
     projection = Projection([target.fused] + [candidates[n].fused for n in names], cfg.components, cfg.seed)
     tgt = _SetTensors(target, projection)
     aux = [_SetTensors(candidates[n], projection) for n in names]
+    prior = None
+    if cfg.structure_prior:
+        z = similarity_prior(target.fingerprints, [candidates[n].fingerprints for n in names])
+        prior = cfg.structure_prior * torch.from_numpy(z)
     perm = rng.permutation(tgt.n)
     n_meta = max(1, int(round(cfg.meta_fraction * tgt.n)))
     meta_rows, train_rows = perm[:n_meta], perm[n_meta:] if tgt.n - n_meta > 0 else perm
@@ -368,7 +384,7 @@ def _route_once(
                 else:
                     struct_in = [tgt.struct[tgt.batch(rng, cfg.batch_size, train_rows)]]
                     struct_in += [a.struct[a.batch(rng, cfg.batch_size)] for a in aux]
-                    gate = router.affinities(struct_in)[2][alive]
+                    gate = router.affinities(struct_in, prior)[2][alive]
                     _meta_step(
                         backbone,
                         router,
@@ -388,7 +404,7 @@ def _route_once(
             epoch_no += 1
             if progress is not None:
                 progress(epoch_no / total_epochs, f"round {rnd + 1}/{cfg.rounds}, epoch {ep + 1}")
-        scores = _score(router, tgt, aux, alive, cfg, rng)
+        scores = _score(router, tgt, aux, alive, cfg, rng, prior)
         last.update(scores)
         log.info(
             "routing round",
@@ -475,6 +491,7 @@ def _score(
     alive: list[int],
     cfg: MolGroupConfig,
     rng: np.random.Generator,
+    prior: torch.Tensor | None,
 ) -> dict[int, tuple[float, float, float]]:
     """Affinities of the alive candidates, the set representations pooled over ``score_sample`` rows each."""
 
@@ -482,5 +499,5 @@ def _score(
         idx = rng.choice(s.n, size=min(s.n, cfg.score_sample), replace=False)
         return s.struct[idx]
 
-    task, struct, gate = router.affinities([sample(tgt)] + [sample(a) for a in aux])
+    task, struct, gate = router.affinities([sample(tgt)] + [sample(a) for a in aux], prior)
     return {k: (float(task[k]), float(struct[k]), float(gate[k])) for k in alive}

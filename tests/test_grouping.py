@@ -21,9 +21,10 @@ from grouping.catalog import (
 )
 from grouping.evidence import fit_and_score, relative_improvement, stack
 from grouping.features import SetFeatures, load_catalog_features
-from grouping.methods import METHODS, nearest_neighbour_tanimoto, score_candidates
+from grouping.methods import METHODS, score_candidates
 from grouping.recommend import RecommendOptions, recommend
 from grouping.routing import CandidateScore, MolGroupConfig, combine_runs, route
+from grouping.similarity import nearest_neighbour_tanimoto, similarity_prior
 from grouping.target import TargetError, parse_target, read_csv_bytes
 
 SMALL_SETS = ("bace", "esol", "tox21")
@@ -312,6 +313,25 @@ def test_repeated_routing_averages_the_runs_and_picks_from_the_mean_gates() -> N
         assert s.votes == pytest.approx(np.mean([r[name].selected for r in singles]))
     assert [n for n, s in combined.items() if s.selected] == ["helpful"]
     assert combined["far"].pruned_in_round == 1
+
+
+def test_structure_prior_adds_standardised_fingerprint_similarity_to_the_gate() -> None:
+    """κ = 0: the set with the target's labelling rule wins. κ = 2: a set of random labels whose
+    fingerprints contain the target's own (nearest-neighbour Tanimoto 1) wins instead."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=16)
+    target = _synthetic("target", rng, 150, w, "same", 0.05)
+    twin = _synthetic("twin", rng, 600, w, "random", 0.05)
+    twin.fingerprints[: len(target)] = target.fingerprints
+    candidates = {"helpful": _synthetic("helpful", rng, 600, w, "same", 0.05), "twin": twin}
+    z = similarity_prior(target.fingerprints, [c.fingerprints for c in candidates.values()])
+    np.testing.assert_allclose(z, [-1.0, 1.0], atol=1e-6)  # two candidates: z-scores ±1
+    assert not similarity_prior(target.fingerprints, [twin.fingerprints]).any()
+    cfg = MolGroupConfig(steps_per_epoch=15, rounds=2, epochs_per_round=2, max_group=1)
+    plain = {s.dataset: s for s in route(target, candidates, cfg)}
+    assert plain["helpful"].selected and plain["helpful"].score > plain["twin"].score
+    pulled = {s.dataset: s for s in route(target, candidates, replace(cfg, structure_prior=2.0))}
+    assert pulled["twin"].selected and pulled["twin"].score > 0.9 > 0.1 > pulled["helpful"].score
 
 
 def _score(name: str, gate: float, selected: bool, pruned: int | None = None) -> CandidateScore:
