@@ -103,7 +103,10 @@ def recommendation_options(settings: Settings, method: str):
         evidence_seeds=settings.recommend_evidence_seeds,
         aux_weight=settings.recommend_aux_weight,
         transfer=settings.recommend_transfer,
-        routing=MolGroupConfig(repeats=settings.recommend_routing_repeats),
+        routing=MolGroupConfig(
+            repeats=settings.recommend_routing_repeats,
+            structure_prior=settings.recommend_structure_prior,
+        ),
     )
 
 

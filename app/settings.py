@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         le=20,
         description="molgroup routing runs (seeds) whose gates are averaged before the group is chosen.",
     )
+    recommend_structure_prior: float = Field(
+        default=1.0,
+        ge=0,
+        le=5,
+        description="Weight of the fingerprint-similarity prior on the molgroup gate (0 = plain routing).",
+    )
     job_lease_s: int = Field(
         default=30, ge=3, description="A running job whose worker sent no heartbeat for this long is failed."
     )

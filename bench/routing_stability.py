@@ -2,13 +2,14 @@
 
 For one target and each seed: route the target's training rows (scaffold split) against the catalog
 twice with identical inputs, then once with every catalog feature multiplied by ``1 + noise·N(0, 1)``
-(the size of bf16 rounding is ~4e-3), and print the three groups. This is done for each routing
-``--repeats`` value (``MolGroupConfig.repeats``: runs whose gates are averaged), with the same perturbed
-features, and the overlap (Jaccard index) of each pair of groups is summarised. Catalog embeddings come
-from (and go to) ``--cache`` like ``molfusion recommend``'s.
+(the size of bf16 rounding is ~4e-3), and print the three groups. This is done for each routed
+configuration given with ``--routing`` (``NAME=KEY:VALUE;...`` of ``MolGroupConfig`` fields, as in
+``bench/grouping_eval.py``), with the same perturbed features, and the overlap (Jaccard index) of the
+groups is summarised: perturbed vs not, and between the seeds' groups. Catalog embeddings come from
+(and go to) ``--cache`` like ``molfusion recommend``'s.
 
     python bench/routing_stability.py --target bace --exclude hiv,muv,qm8,qm9,aqsoldb --seeds 3 \\
-        --repeats 1,5 --cache runs/rec/cache
+        --routing molgroup --routing molgroup_ens=repeats:5 --cache runs/rec/cache
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ if str(REPO) not in sys.path:
 
 from app.factory import build_embedder  # noqa: E402
 from app.settings import get_settings  # noqa: E402
+from bench.grouping_eval import parse_routing, routed  # noqa: E402
 from bench.machine_info import machine_info  # noqa: E402
 from fusion.training import scaffold_split  # noqa: E402
 from grouping.catalog import load_catalog  # noqa: E402
@@ -38,10 +40,9 @@ from grouping.routing import MolGroupConfig, route  # noqa: E402
 
 
 def routed_group(
-    target: SetFeatures, candidates: dict[str, SetFeatures], seed: int, repeats: int
+    target: SetFeatures, candidates: dict[str, SetFeatures], seed: int, cfg: MolGroupConfig
 ) -> list[str]:
-    scores = route(target, candidates, MolGroupConfig(seed=seed, repeats=repeats))
-    return [s.dataset for s in sorted(scores, key=lambda s: -s.score) if s.selected]
+    return routed(route(target, candidates, dataclasses.replace(cfg, seed=seed)))
 
 
 def jaccard(a: list[str], b: list[str]) -> float:
@@ -67,7 +68,12 @@ def main() -> None:
     parser.add_argument("--target", default="bace")
     parser.add_argument("--exclude", default="", help="catalog sets left out of the candidates")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--repeats", default="1", help="comma-separated MolGroupConfig.repeats to compare")
+    parser.add_argument(
+        "--routing",
+        action="append",
+        default=None,
+        help="routed configuration NAME[=KEY:VALUE;...] (repeatable; default: molgroup)",
+    )
     parser.add_argument("--noise", type=float, default=1e-3)
     parser.add_argument("--max-rows", type=int, default=2000, help="catalog subsample (recommend's default)")
     parser.add_argument("--cache", type=Path, default=Path("runs/rec/cache"))
@@ -80,23 +86,26 @@ def main() -> None:
         entries, get_settings().data_dir, build_embedder(), args.cache, args.max_rows
     )
     target = feats.pop(args.target)
-    repeats = [int(r) for r in args.repeats.split(",")]
+    try:
+        routings = {n: MolGroupConfig(**o) for n, o in map(parse_routing, args.routing or ["molgroup"])}
+    except (TypeError, ValueError) as exc:
+        parser.error(f"--routing: {exc}")
     noise_key = f"features_noise_{args.noise:g}"
     rows = []
     for seed in range(args.seeds):
         train, _val, _test = scaffold_split(target.smiles, seed)
         tr = target.subset(train)
         noisy_feats = perturbed(feats, args.noise, np.random.default_rng(1000 + seed))
-        for r in repeats:
+        for name, cfg in routings.items():
             started = time.perf_counter()
-            first = routed_group(tr, feats, seed, r)
+            first = routed_group(tr, feats, seed, cfg)
             seconds = time.perf_counter() - started
-            again = routed_group(tr, feats, seed, r)
-            noisy = routed_group(tr, noisy_feats, seed, r)
+            again = routed_group(tr, feats, seed, cfg)
+            noisy = routed_group(tr, noisy_feats, seed, cfg)
             rows.append(
                 {
                     "seed": seed,
-                    "repeats": r,
+                    "routing": name,
                     "group": first,
                     "same_input_again": again,
                     noise_key: noisy,
@@ -105,13 +114,14 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-    for r in repeats:
-        mine = [row for row in rows if row["repeats"] == r]
+    for name, cfg in routings.items():
+        mine = [row for row in rows if row["routing"] == name]
         across = [jaccard(a["group"], b["group"]) for a, b in itertools.combinations(mine, 2)]
         print(
             json.dumps(
                 {
-                    "repeats": r,
+                    "routing": name,
+                    "config": {k: v for k, v in cfg.to_json().items() if v != getattr(MolGroupConfig(), k)},
                     "same_input_identical": sum(m["group"] == m["same_input_again"] for m in mine),
                     "noise_identical": sum(m["group"] == m[noise_key] for m in mine),
                     "noise_jaccard_mean": float(np.mean([m["jaccard_noise"] for m in mine])),

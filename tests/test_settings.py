@@ -43,13 +43,19 @@ def test_recommend_transfer_reaches_the_recommendation_options(monkeypatch: pyte
         Settings()
 
 
-def test_recommend_routing_repeats_reaches_the_routing_config(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_recommend_routing_settings_reach_the_routing_config(monkeypatch: pytest.MonkeyPatch) -> None:
     from app.jobs import recommendation_options
 
-    default = Settings().recommend_routing_repeats
-    assert recommendation_options(Settings(), "molgroup").routing.repeats == default
+    routing = recommendation_options(Settings(), "molgroup").routing
+    assert routing.repeats == 1 and routing.structure_prior == 1.0  # docs/bench_grouping.md, sixth session
     monkeypatch.setenv("MOLFUSION_RECOMMEND_ROUTING_REPEATS", "4")
-    assert recommendation_options(Settings(), "molgroup").routing.repeats == 4
+    monkeypatch.setenv("MOLFUSION_RECOMMEND_STRUCTURE_PRIOR", "0")
+    routing = recommendation_options(Settings(), "molgroup").routing
+    assert routing.repeats == 4 and routing.structure_prior == 0.0
     monkeypatch.setenv("MOLFUSION_RECOMMEND_ROUTING_REPEATS", "0")
     with pytest.raises(ValueError, match="recommend_routing_repeats"):
+        Settings()
+    monkeypatch.setenv("MOLFUSION_RECOMMEND_ROUTING_REPEATS", "1")
+    monkeypatch.setenv("MOLFUSION_RECOMMEND_STRUCTURE_PRIOR", "-1")
+    with pytest.raises(ValueError, match="recommend_structure_prior"):
         Settings()
