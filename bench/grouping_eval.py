@@ -370,17 +370,40 @@ def markdown(results: list[dict], columns: list[str], part: str = "test") -> str
     return "\n".join(lines)
 
 
+def bootstrap_interval(
+    results: list[dict], column: str, part: str = "test", draws: int = 4000, seed: int = 0
+) -> tuple[float, float]:
+    """95 % bootstrap interval of the average relative improvement of ``column`` over ``none``: each
+    draw resamples every target's seeds with replacement (paired: the same seeds for both columns)."""
+    rng = np.random.default_rng(seed)
+    averages = np.empty(draws)
+    for d in range(draws):
+        gains = []
+        for r in results:
+            picks = rng.integers(0, len(r["seeds"]), len(r["seeds"]))
+            value = np.nanmean([r["seeds"][i][part][column] for i in picks])
+            base = np.nanmean([r["seeds"][i][part]["none"] for i in picks])
+            gains.append(relative_improvement(float(value), float(base), r["metric"]))
+        averages[d] = np.mean(gains)
+    low, high = np.percentile(averages, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def report(
     results: list[dict], weights: tuple[float | None, ...], transfers: tuple[str, ...] = ("joint",)
 ) -> str:
-    """Validation table of every variant, the settings chosen on it, then the chosen variants' test table."""
+    """Validation table of every variant, the settings chosen on it, the chosen variants' test table and
+    their bootstrap intervals."""
     chosen = choose_on_validation(results, weights, transfers)
+    intervals = {c: bootstrap_interval(results, c) for c in chosen.values()}
     return "\n\n".join(
         [
             "validation (selection):\n"
             + markdown(results, variants(weights, transfers, result_configs(results)), "val"),
             "chosen on validation: " + ", ".join(f"{k} -> {v}" for k, v in chosen.items()),
             "test (chosen variants):\n" + markdown(results, ["none", *chosen.values()], "test"),
+            "test average, 95 % bootstrap interval (seeds resampled within each target, 4,000 draws): "
+            + ", ".join(f"{c} [{100 * lo:+.2f}, {100 * hi:+.2f}] %" for c, (lo, hi) in intervals.items()),
         ]
     )
 

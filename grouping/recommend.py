@@ -69,12 +69,12 @@ def apply_validation_check(
 ) -> tuple[list[str], dict | None]:
     """Withhold a group (of any method) whose evidence does not beat target alone on validation.
 
-    Groups are unstable across seeds and often do not help a head on frozen embeddings; checking them
-    on the target's *validation* rows keeps the recommendation from hurting. Benchmark
-    (docs/bench_grouping.md, fifth session: 8 seeds, α = 1, ``finetune`` evidence heads; average test
-    change over target alone, unchecked -> checked): ``molgroup`` +1.74 % -> +2.21 % (run A),
-    +0.86 % -> +1.60 % (run B); ``structure`` +2.94 % -> +2.73 %, +3.36 % -> +2.37 %. Each candidate
-    keeps ``routed`` (chosen by the method) and ``selected`` (in the final recommendation).
+    Groups often do not help a head on frozen embeddings; checking them on the target's *validation*
+    rows keeps the recommendation from hurting. Benchmark (docs/bench_grouping.md, sixth session run D:
+    8 seeds, α = 1, ``finetune`` evidence heads; average test change over target alone, unchecked ->
+    checked): ``molgroup`` with the structure prior κ = 1 (the default) +2.43 % -> +2.86 %, plain
+    routing +2.53 % -> +1.61 %, ``structure`` +3.00 % -> +2.59 %. Each candidate keeps ``routed``
+    (chosen by the method) and ``selected`` (in the final recommendation).
     """
     for r in rows:
         r["routed"] = bool(r["selected"])
