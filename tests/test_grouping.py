@@ -274,16 +274,22 @@ def _synthetic(
     )
 
 
-def test_routing_prefers_the_helpful_auxiliary_set() -> None:
-    """Same labelling rule > random labels on the same molecules > random labels on other molecules."""
+def _three_candidates() -> tuple[SetFeatures, dict[str, SetFeatures]]:
+    """A target labelled by a linear rule; candidates with the same rule, with random labels on the same
+    molecule distribution, and with random labels on shifted molecules and denser fingerprints."""
     rng = np.random.default_rng(0)
     w = rng.normal(size=16)
     target = _synthetic("target", rng, 150, w, "same", 0.05)
-    candidates = {
+    return target, {
         "helpful": _synthetic("helpful", rng, 600, w, "same", 0.05),
         "random": _synthetic("random", rng, 600, w, "random", 0.05),
         "far": _synthetic("far", rng, 600, w, "random", 0.2, shift=1.0),
     }
+
+
+def test_routing_prefers_the_helpful_auxiliary_set() -> None:
+    """Same labelling rule > random labels on the same molecules > random labels on other molecules."""
+    target, candidates = _three_candidates()
     cfg = MolGroupConfig(steps_per_epoch=20, rounds=2, epochs_per_round=3, max_group=1)
     scores = {s.dataset: s for s in route(target, candidates, cfg)}
     assert scores["helpful"].score > scores["random"].score > scores["far"].score
@@ -296,14 +302,7 @@ def test_routing_prefers_the_helpful_auxiliary_set() -> None:
 def test_repeated_routing_averages_the_runs_and_picks_from_the_mean_gates() -> None:
     """repeats = 3 is the three single runs (seeds 0, 1, 2) combined: mean affinities and gate, votes =
     share of runs that selected the set, the group chosen from the mean gates; the helpful set wins."""
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=16)
-    target = _synthetic("target", rng, 150, w, "same", 0.05)
-    candidates = {
-        "helpful": _synthetic("helpful", rng, 600, w, "same", 0.05),
-        "random": _synthetic("random", rng, 600, w, "random", 0.05),
-        "far": _synthetic("far", rng, 600, w, "random", 0.2, shift=1.0),
-    }
+    target, candidates = _three_candidates()
     cfg = MolGroupConfig(steps_per_epoch=10, rounds=2, epochs_per_round=2, max_group=1)
     singles = [{s.dataset: s for s in route(target, candidates, replace(cfg, seed=k))} for k in range(3)]
     combined = {s.dataset: s for s in route(target, candidates, replace(cfg, repeats=3))}
