@@ -296,6 +296,10 @@ def route(
     """
     if cfg.repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {cfg.repeats}")
+    prior = None  # seed-independent: computed once for all runs
+    if cfg.structure_prior and candidates:
+        z = similarity_prior(target.fingerprints, [c.fingerprints for c in candidates.values()])
+        prior = cfg.structure_prior * torch.from_numpy(z)
     runs = []
     for r in range(cfg.repeats):
 
@@ -304,7 +308,7 @@ def route(
                 prefix = f"routing run {r + 1}/{cfg.repeats}, " if cfg.repeats > 1 else ""
                 progress((r + fraction) / cfg.repeats, prefix + message)
 
-        runs.append(_route_once(target, candidates, replace(cfg, seed=cfg.seed + r), report))
+        runs.append(_route_once(target, candidates, replace(cfg, seed=cfg.seed + r), prior, report))
     return runs[0] if len(runs) == 1 else combine_runs(runs, cfg)
 
 
@@ -343,9 +347,11 @@ def _route_once(
     target: SetFeatures,
     candidates: dict[str, SetFeatures],
     cfg: MolGroupConfig,
+    prior: torch.Tensor | None,
     progress: Callable[[float, str], None] | None,
 ) -> list[CandidateScore]:
-    """One routing run with seed ``cfg.seed`` (:func:`route` with ``repeats = 1``)."""
+    """One routing run with seed ``cfg.seed`` (:func:`route` with ``repeats = 1``); ``prior`` = the
+    weighted structure prior per candidate (``None`` = off)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     names = list(candidates)
@@ -354,10 +360,6 @@ def _route_once(
     projection = Projection([target.fused] + [candidates[n].fused for n in names], cfg.components, cfg.seed)
     tgt = _SetTensors(target, projection)
     aux = [_SetTensors(candidates[n], projection) for n in names]
-    prior = None
-    if cfg.structure_prior:
-        z = similarity_prior(target.fingerprints, [candidates[n].fingerprints for n in names])
-        prior = cfg.structure_prior * torch.from_numpy(z)
     perm = rng.permutation(tgt.n)
     n_meta = max(1, int(round(cfg.meta_fraction * tgt.n)))
     meta_rows, train_rows = perm[:n_meta], perm[n_meta:] if tgt.n - n_meta > 0 else perm
