@@ -97,6 +97,8 @@ def parse_routing(text: str) -> tuple[str, dict]:
             raise ValueError(f"routing {name!r}: {item!r} is not KEY:VALUE with KEY a MolGroupConfig field")
         overrides[key] = type(defaults[key])(value)
     return name, overrides
+
+
 DEFAULT_TARGETS = "bbbp,bace,clintox,esol,freesolv,lipophilicity,pampa,ppbr"
 
 
@@ -150,7 +152,7 @@ def evaluate_target(
         seconds: dict[str, float] = {}
         for rname, rcfg in routings.items():
             started = time.perf_counter()
-            scores[rname] = route(tr, candidates, replace(rcfg, seed=seed))
+            scores[rname] = route(tr, candidates, replace(rcfg, seed=seed), similarity=sims)
             seconds[rname] = time.perf_counter() - started
         groups = {
             "none": [],

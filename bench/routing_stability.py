@@ -114,6 +114,7 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
+    defaults = MolGroupConfig().to_json()
     for name, cfg in routings.items():
         mine = [row for row in rows if row["routing"] == name]
         across = [jaccard(a["group"], b["group"]) for a, b in itertools.combinations(mine, 2)]
@@ -121,7 +122,7 @@ def main() -> None:
             json.dumps(
                 {
                     "routing": name,
-                    "config": {k: v for k, v in cfg.to_json().items() if v != getattr(MolGroupConfig(), k)},
+                    "config": {k: v for k, v in cfg.to_json().items() if v != defaults[k]},
                     "same_input_identical": sum(m["group"] == m["same_input_again"] for m in mine),
                     "noise_identical": sum(m["group"] == m[noise_key] for m in mine),
                     "noise_jaccard_mean": float(np.mean([m["jaccard_noise"] for m in mine])),

@@ -33,7 +33,7 @@ def score_candidates(
         n: nearest_neighbour_tanimoto(target.fingerprints, c.fingerprints) for n, c in candidates.items()
     }
     if method == "molgroup":
-        scores = route(target, candidates, config or MolGroupConfig(), progress)
+        scores = route(target, candidates, config or MolGroupConfig(), progress, similarity)
         rows = [
             {
                 "dataset": s.dataset,

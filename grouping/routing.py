@@ -50,7 +50,7 @@ from torch import nn
 from torch.func import functional_call
 
 from grouping.features import SetFeatures
-from grouping.similarity import similarity_prior
+from grouping.similarity import nearest_neighbour_tanimoto, similarity_prior
 
 log = logging.getLogger(__name__)
 
@@ -289,16 +289,24 @@ def route(
     candidates: dict[str, SetFeatures],
     cfg: MolGroupConfig,
     progress: Callable[[float, str], None] | None = None,
+    similarity: dict[str, float] | None = None,
 ) -> list[CandidateScore]:
     """Score every candidate auxiliary set for ``target`` (training rows only); see the module docstring.
 
-    ``progress(fraction, message)`` is called after every epoch; it may raise to abort.
+    ``progress(fraction, message)`` is called after every epoch; it may raise to abort. ``similarity``
+    (each candidate's :func:`~grouping.similarity.nearest_neighbour_tanimoto` to ``target``, when the
+    caller has it) spares recomputing it for the structure prior.
     """
     if cfg.repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {cfg.repeats}")
     prior = None  # seed-independent: computed once for all runs
     if cfg.structure_prior and candidates:
-        z = similarity_prior(target.fingerprints, [c.fingerprints for c in candidates.values()])
+        if similarity is None:
+            similarity = {
+                n: nearest_neighbour_tanimoto(target.fingerprints, c.fingerprints)
+                for n, c in candidates.items()
+            }
+        z = similarity_prior([similarity[n] for n in candidates])
         prior = cfg.structure_prior * torch.from_numpy(z)
     runs = []
     for r in range(cfg.repeats):
@@ -337,10 +345,17 @@ def combine_runs(runs: list[list[CandidateScore]], cfg: MolGroupConfig) -> list[
                 float(np.mean([s.selected for s in scores])),
             )
         )
-    ranked = sorted(merged, key=lambda s: -s.score)
-    for s in ranked[: cfg.max_group]:
-        s.selected = s.score >= cfg.select_threshold
+    chosen = select_group({s.dataset: s.score for s in merged}, cfg)
+    for s in merged:
+        s.selected = s.dataset in chosen
     return merged
+
+
+def select_group(gates: dict, cfg: MolGroupConfig) -> set:
+    """The group rule: the candidates with the highest gates, at most ``max_group``, each with gate
+    ``≥ select_threshold`` (the keys of ``gates``)."""
+    best = sorted(gates, key=lambda k: -gates[k])[: cfg.max_group]
+    return {k for k in best if gates[k] >= cfg.select_threshold}
 
 
 def _route_once(
@@ -418,8 +433,7 @@ def _route_once(
             for k in order[:n_drop]:
                 pruned_round[k] = rnd + 1
             alive = [k for k in alive if k not in set(order[:n_drop])]
-    final = sorted(alive, key=lambda k: -last[k][2])
-    chosen = {k for k in final[: cfg.max_group] if last[k][2] >= cfg.select_threshold}
+    chosen = select_group({k: last[k][2] for k in alive}, cfg)
     return [
         CandidateScore(
             names[k], last[k][0], last[k][1], last[k][2], k in chosen, pruned_round.get(k), float(k in chosen)

@@ -8,6 +8,8 @@ baseline and is the routing's optional structure prior (:func:`similarity_prior`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 NN_TARGET_ROWS = 1000
@@ -36,10 +38,10 @@ def nearest_neighbour_tanimoto(target_fp: np.ndarray, aux_fp: np.ndarray, seed: 
     return float(sim.max(axis=1).mean())
 
 
-def similarity_prior(target_fp: np.ndarray, candidate_fps: list[np.ndarray]) -> np.ndarray:
-    """Each candidate's :func:`nearest_neighbour_tanimoto` to the target, standardised over the candidates
+def similarity_prior(similarities: Sequence[float]) -> np.ndarray:
+    """The candidates' :func:`nearest_neighbour_tanimoto` to the target, standardised over the candidates
     (z-scores; zeros when there are fewer than two candidates or all are equally similar)."""
-    sims = np.array([nearest_neighbour_tanimoto(target_fp, fp) for fp in candidate_fps], dtype=np.float64)
+    sims = np.asarray(similarities, dtype=np.float64)
     if len(sims) < 2 or sims.std() < 1e-12:
         return np.zeros(len(sims), dtype=np.float32)
     return ((sims - sims.mean()) / sims.std()).astype(np.float32)

@@ -323,9 +323,10 @@ def test_structure_prior_adds_standardised_fingerprint_similarity_to_the_gate() 
     twin = _synthetic("twin", rng, 600, w, "random", 0.05)
     twin.fingerprints[: len(target)] = target.fingerprints
     candidates = {"helpful": _synthetic("helpful", rng, 600, w, "same", 0.05), "twin": twin}
-    z = similarity_prior(target.fingerprints, [c.fingerprints for c in candidates.values()])
+    sims = [nearest_neighbour_tanimoto(target.fingerprints, c.fingerprints) for c in candidates.values()]
+    z = similarity_prior(sims)
     np.testing.assert_allclose(z, [-1.0, 1.0], atol=1e-6)  # two candidates: z-scores ±1
-    assert not similarity_prior(target.fingerprints, [twin.fingerprints]).any()
+    assert not similarity_prior(sims[1:]).any()
     cfg = MolGroupConfig(steps_per_epoch=15, rounds=2, epochs_per_round=2, max_group=1)
     plain = {s.dataset: s for s in route(target, candidates, cfg)}
     assert plain["helpful"].selected and plain["helpful"].score > plain["twin"].score
