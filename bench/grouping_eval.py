@@ -17,6 +17,11 @@ For each target set of the catalog (the target itself removed from its candidate
   else no group (model selection on validation, never on test); ``structure_checked`` and every
   routed configuration's ``*_checked`` likewise.
 
+With ``--model-seeds K`` every configuration is trained with K model seeds on each split (the split's
+seed, then + 1000, + 2000, ...) and its validation and test metrics are the means over them; the checks
+then compare mean validation metrics, which is what ``molfusion recommend``'s evidence does
+(``MOLFUSION_RECOMMEND_EVIDENCE_SEEDS``, default 3). K = 1 (the default) is the earlier protocol.
+
 With ``--aux-weights`` and ``--transfers`` every group configuration is trained in each (loss share,
 transfer scheme) setting, and each configuration's setting is chosen on the mean validation improvement.
 
@@ -27,7 +32,10 @@ near-duplicate sets (Tox21/ToxCast, CYP1A2/CYP2C19, AqSolDB/ESOL) cannot leak te
 also marks when a selected set is a documented near-duplicate of the target.
 
 All sets (targets included) are subsampled deterministically (seed 0) to ``--max-rows`` molecules so
-the embeddings fit the CPU time; embeddings are cached under ``--cache``.
+the embeddings fit the CPU time; embeddings are cached under ``--cache``. With ``--aux-catalog`` /
+``--aux-read-rows`` the candidates are read from their own folder and row cap (targets keep
+``--catalog`` and ``--max-rows``): e.g. the targets' 1,000-row protocol with candidates of up to
+2,000 rows, as ``molfusion recommend`` reads them (``MOLFUSION_RECOMMEND_MAX_AUX_ROWS``).
 
     python bench/grouping_eval.py --targets bbbp,bace,clintox,esol,freesolv,lipophilicity,pampa,ppbr \\
         --seeds 3 --max-rows 1000 --max-aux-rows 500 --threads 1 --out .carry/grouping_eval.json
@@ -108,6 +116,37 @@ def _better(a: float | None, b: float | None, metric: str) -> bool:
     return a > b if metric == "roc_auc" else a < b
 
 
+MODEL_SEED_STRIDE = 1000  # model seeds of one split: seed, seed + 1000, ... (k = 0 is the 1-seed protocol)
+
+
+def fit_model_seeds(
+    target,
+    group: list,
+    train: np.ndarray,
+    val: np.ndarray,
+    test: np.ndarray,
+    seed: int,
+    model_seeds: int,
+    **kw,
+) -> dict:
+    """:func:`fit_and_score` with ``model_seeds`` model seeds on one split; the val and test metrics are
+    their means (``None`` where no seed scored), the other fields those of the first seed."""
+    fits = [
+        fit_and_score(target, group, train, val, test, seed=seed + MODEL_SEED_STRIDE * k, **kw)
+        for k in range(model_seeds)
+    ]
+    out = dict(fits[0])
+    if model_seeds > 1:
+        for part in ("val", "test"):
+            out[part] = {m: _mean_scored([f[part].get(m) for f in fits]) for m in fits[0][part]}
+    return out
+
+
+def _mean_scored(values: list[float | None]) -> float | None:
+    arr = np.array([_num(v) for v in values], dtype=float)
+    return None if np.isnan(arr).all() else float(np.nanmean(arr))
+
+
 class _CachedOnly:
     """Stands in for the embedder when every feature must come from the cache of given encoder versions."""
 
@@ -136,9 +175,13 @@ def evaluate_target(
     aux_weights: tuple[float | None, ...] = (None,),
     transfers: tuple[str, ...] = ("joint",),
     first_seed: int = 0,
+    aux_feats: dict | None = None,
+    model_seeds: int = 1,
 ) -> dict:
+    """``aux_feats``: the candidates' features when read apart from the targets' (default ``feats``)."""
     target = feats[name]
-    candidates = {k: v.capped(max_aux_rows) for k, v in feats.items() if k != name}
+    pool = feats if aux_feats is None else aux_feats
+    candidates = {k: v.capped(max_aux_rows) for k, v in pool.items() if k != name}
     metric = primary(target.task_types)
     configs = configurations(list(routings))
     per_seed: list[dict] = []
@@ -160,20 +203,23 @@ def evaluate_target(
             "structure": sorted(sims, key=lambda k: -sims[k])[:3],
             **{rname: routed(sc) for rname, sc in scores.items()},
         }
-        runs: dict[str, dict] = {"none": fit_and_score(target, [], train, val, test, seed=seed, **hparams)}
+        runs: dict[str, dict] = {
+            "none": fit_model_seeds(target, [], train, val, test, seed, model_seeds, **hparams)
+        }
         for weight, transfer in weight_transfer_pairs(aux_weights, transfers):
             for config in ("all", "structure", *routings):
                 col = variant(config, weight, transfer)
                 if not groups[config]:
                     runs[col] = runs["none"]
                     continue
-                runs[col] = fit_and_score(
+                runs[col] = fit_model_seeds(
                     target,
                     [candidates[g] for g in groups[config]],
                     train,
                     val,
                     test,
-                    seed=seed,
+                    seed,
+                    model_seeds,
                     aux_weight=weight,
                     transfer=transfer,
                     **hparams,
@@ -236,6 +282,7 @@ def evaluate_target(
         "seeds": per_seed,
         "near_duplicates_selected": near_dup,
         "configs": configs,
+        "model_seeds": model_seeds,
         "routings": {k: v.to_json() for k, v in routings.items()},
         "route_seconds_mean": float(np.mean([r["route_seconds"] for r in per_seed])),
     }
@@ -274,6 +321,8 @@ def merge_results(results: list[dict]) -> list[dict]:
             merged[r["target"]] = {**r, "seeds": list(r["seeds"])}
             continue
         m = merged[r["target"]]
+        if m.get("model_seeds", 1) != r.get("model_seeds", 1):
+            raise ValueError(f"{r['target']}: results with different --model-seeds cannot be merged")
         seen = {s["seed"] for s in m["seeds"]}
         again = sorted(seen & {s["seed"] for s in r["seeds"]})
         if again:
@@ -343,9 +392,18 @@ def choose_on_validation(
     return chosen
 
 
+def first_routed(results: list[dict]) -> str | None:
+    """The first routed configuration of the results (its group is the table's last column)."""
+    fixed = {"none", "all", "structure"}
+    return next(
+        (c for c in result_configs(results) if c not in fixed and not c.endswith("_checked")), None
+    )
+
+
 def markdown(results: list[dict], columns: list[str], part: str = "test") -> str:
+    routed_config = first_routed(results)
     lines = [
-        "| target | metric | " + " | ".join(columns) + " | molgroup group (per seed) |",
+        "| target | metric | " + " | ".join(columns) + f" | {routed_config or 'routed'} group (per seed) |",
         "|---" * (len(columns) + 3) + "|",
     ]
     for r in results:
@@ -354,7 +412,9 @@ def markdown(results: list[dict], columns: list[str], part: str = "test") -> str
             cell = r["summary"][c][part]
             text = f"{cell['mean']:.4f} ± {cell['std']:.4f}"
             cells.append(text if c == "none" else f"{text} ({100 * cell['relative_improvement']:+.1f}%)")
-        groups = "; ".join(",".join(s["groups"]["molgroup"]) or "—" for s in r["seeds"])
+        groups = "; ".join(
+            (",".join(s["groups"][routed_config]) if routed_config else "") or "—" for s in r["seeds"]
+        )
         dup = (
             f" (near-dup: {','.join(r['near_duplicates_selected'])})"
             if r["near_duplicates_selected"]
@@ -446,6 +506,25 @@ def main() -> None:
     parser.add_argument("--max-rows", type=int, default=1000, help="rows per set (targets and cache)")
     parser.add_argument("--max-aux-rows", type=int, default=500, help="rows per auxiliary set (subsample)")
     parser.add_argument(
+        "--model-seeds",
+        type=int,
+        default=1,
+        help="model seeds per split whose metrics are averaged; checks compare the mean validation metric",
+    )
+    parser.add_argument(
+        "--aux-catalog",
+        type=Path,
+        default=None,
+        help="data folder the candidates are read from (default --catalog)",
+    )
+    parser.add_argument(
+        "--aux-read-rows",
+        type=int,
+        default=None,
+        help="rows read per candidate set (seed-0 subsample, cached; default --max-rows), then capped "
+        "by --max-aux-rows",
+    )
+    parser.add_argument(
         "--catalog", type=Path, default=None, help="data folder (default MOLFUSION_DATA_DIR)"
     )
     parser.add_argument("--cache", type=Path, default=Path(".carry/grouping-cache"))
@@ -498,6 +577,8 @@ def main() -> None:
         help="comma-separated result JSONs of earlier runs: print their joint table",
     )
     args = parser.parse_args()
+    if args.model_seeds < 1:
+        parser.error("--model-seeds must be at least 1")
     weights = _weights(args.aux_weights)
     transfers = tuple(t.strip() for t in args.transfers.split(",") if t.strip())
     unknown = sorted(set(transfers) - set(TRANSFERS))
@@ -542,6 +623,17 @@ def main() -> None:
         progress=lambda n, i, k: print(f"features {n} ({i}/{k})", flush=True),
     )
     feats = {name: feats[name] for name in entries}  # catalog order, whichever order they were embedded
+    aux_feats = None
+    if args.aux_catalog is not None or args.aux_read_rows is not None:
+        aux_feats = load_catalog_features(
+            order,
+            args.aux_catalog or catalog_dir,
+            embedder,
+            args.cache,
+            args.aux_read_rows or args.max_rows,
+            progress=lambda n, i, k: print(f"candidate features {n} ({i}/{k})", flush=True),
+        )
+        aux_feats = {name: aux_feats[name] for name in entries}
     embed_s = time.perf_counter() - started
     if args.embed_only:
         print(f"catalog embedded in {embed_s:.0f} s on {embedder.device}")
@@ -563,6 +655,8 @@ def main() -> None:
                 weights,
                 transfers,
                 args.first_seed,
+                aux_feats,
+                args.model_seeds,
             )
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)

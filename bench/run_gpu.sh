@@ -85,17 +85,21 @@ for s in $STEPS; do
       # `bench/grouping_eval.py --export-subsample .carry/grp/data --max-rows 1000` (the very rows of the
       # CPU protocol); WHEELS = rdkit and the pydantic(-settings) stack. TRANSFERS = grouping_eval --transfers;
       # FIRST_SEED/SEEDS split the seeds over several calls (then grouping_eval --merge of every JSON);
-      # ROUTINGS = space-separated grouping_eval --routing specs (default: molgroup).
+      # ROUTINGS = space-separated grouping_eval --routing specs (default: molgroup). AUX_DATA (+ AUX_READ_ROWS)
+      # = a folder the candidates are read from (e.g. the --export-subsample of --max-rows 2000) and
+      # AUX_ROWS their cap (default 500, the CPU protocol's). MODEL_SEEDS = grouping_eval --model-seeds.
       cache=/tmp/grouping-cache; weights=${AUX_WEIGHTS:-none,1,0.3,0.1}; rows=${MAX_ROWS:-1000}
       transfers=${TRANSFERS:-joint}; first=${FIRST_SEED:-0}
       routing_args=(); for r in ${ROUTINGS:-molgroup}; do routing_args+=(--routing "$r"); done
+      aux_args=(--max-aux-rows "${AUX_ROWS:-500}")
+      [ -n "${AUX_DATA:-}" ] && aux_args+=(--aux-catalog "$AUX_DATA" --aux-read-rows "${AUX_READ_ROWS:-$rows}")
       step grouping_embed 300 python3 bench/grouping_eval.py --catalog "$DATA" --max-rows "$rows" --cache "$cache" \
-        --embed-only
+        "${aux_args[@]}" --embed-only
       echo "=== grouping targets"; t0=$SECONDS
       for t in ${GROUPING_TARGETS:-bbbp bace clintox esol pampa freesolv lipophilicity ppbr}; do
         OMP_NUM_THREADS=2 timeout "${GROUPING_S:-480}" python3 bench/grouping_eval.py --catalog "$DATA" --targets "$t" \
-          --seeds "${SEEDS:-3}" --max-rows "$rows" --max-aux-rows 500 --threads 2 --cache "$cache" \
-          --aux-weights "$weights" --transfers "$transfers" --first-seed "$first" \
+          --seeds "${SEEDS:-3}" --max-rows "$rows" "${aux_args[@]}" --threads 2 --cache "$cache" \
+          --aux-weights "$weights" --transfers "$transfers" --first-seed "$first" --model-seeds "${MODEL_SEEDS:-1}" \
           "${routing_args[@]}" \
           --out "$RESULT/grouping_${t}_s$first.json" > "$RESULT/grouping_${t}_s$first.log" 2>&1 &
       done
