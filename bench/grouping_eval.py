@@ -15,7 +15,9 @@ For each target set of the catalog (the target itself removed from its candidate
   ``molgroup_prior=structure_prior:0.5`` (a fingerprint-similarity prior on the gate);
 - ``molgroup_checked``: ``molgroup``'s group if its *validation* metric beats ``none``'s for that seed,
   else no group (model selection on validation, never on test); ``structure_checked`` and every
-  routed configuration's ``*_checked`` likewise.
+  routed configuration's ``*_checked`` likewise;
+- with ``--nested-check``, ``*_nested``: the group if it beats ``none`` on an inner scaffold split of the
+  training rows (80 / 20), so that the validation rows stay unseen by the check and can judge the rule.
 
 With ``--model-seeds K`` every configuration is trained with K model seeds on each split (the split's
 seed, then + 1000, + 2000, ...) and its validation and test metrics are the means over them; the checks
@@ -49,6 +51,7 @@ import logging
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +85,20 @@ LEGACY_CONFIGS = (
 )
 
 
-def configurations(routed: list[str]) -> list[str]:
+CHECK_SUFFIXES = ("_checked", "_nested")
+
+
+def configurations(routed: list[str], nested: bool = False) -> list[str]:
     """Result columns before (loss share, transfer) variants: ``none``, ``all``, ``structure`` and its
-    checked variant, then each routed configuration and its checked variant."""
-    return ["none", "all", "structure", "structure_checked"] + [
-        c for r in routed for c in (r, f"{r}_checked")
-    ]
+    checked (and with ``nested``, nested-checked) variant, then each routed configuration and its."""
+    suffixes = CHECK_SUFFIXES if nested else CHECK_SUFFIXES[:1]
+    return ["none", "all"] + [c for r in ("structure", *routed) for c in (r, *(r + x for x in suffixes))]
+
+
+def inner_split(smiles: list[str], train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A scaffold split of the training rows (80 / 20) for a check that never sees the validation rows."""
+    inner_train, inner_val, rest = scaffold_split([smiles[i] for i in train], seed, (0.8, 0.2, 0.0))
+    return train[inner_train], np.sort(train[np.concatenate([inner_val, rest])])
 
 
 def parse_routing(text: str) -> tuple[str, dict]:
@@ -95,8 +106,8 @@ def parse_routing(text: str) -> tuple[str, dict]:
     the field's default (``molgroup_ens=repeats:5``)."""
     name, _, spec = text.partition("=")
     name = name.strip()
-    if not name.replace("_", "").isalnum() or name.endswith("_checked"):
-        raise ValueError(f"routing name {name!r}: letters, digits and '_', not ending in _checked")
+    if not name.replace("_", "").isalnum() or name.endswith(CHECK_SUFFIXES):
+        raise ValueError(f"routing name {name!r}: letters, digits and '_', not ending in {CHECK_SUFFIXES}")
     defaults = MolGroupConfig().to_json()
     overrides: dict = {}
     for item in filter(None, (i.strip() for i in spec.split(";"))):
@@ -163,6 +174,31 @@ def _num(x: float | None) -> float:
     return float("nan") if x is None else float(x)
 
 
+def inner_gains(
+    target, groups: dict[str, list], train: np.ndarray, val: np.ndarray, test: np.ndarray, seed: int, fit
+) -> dict[str, float | None]:
+    """Each group's relative gain over target alone on an inner scaffold split of the training rows
+    (heads trained on 80 % of them, compared on the other 20 %; ``None`` for an empty group), so that a
+    check on it leaves the split's validation rows unseen and free to judge the rule. ``groups`` maps a
+    configuration to its candidate sets; ``fit(group, train, val, held_out)`` trains and scores (auxiliary
+    rows found in the validation or test rows are still removed). The routing itself saw every training
+    row; the fingerprint top-3 sees no labels."""
+    inner_train, inner_val = inner_split(target.smiles, train, seed)
+    held_out = np.concatenate([val, test])
+    metric = primary(target.task_types)
+    alone = _num(fit([], inner_train, inner_val, held_out)["val"][metric])
+    scored: dict[tuple[str, ...], float] = {}  # configurations often share a group: train it once
+    gains: dict[str, float | None] = {}
+    for config, group in groups.items():
+        key = tuple(g.name for g in group)
+        if key and key not in scored:
+            scored[key] = _num(fit(group, inner_train, inner_val, held_out)["val"][metric])
+        grouped = scored.get(key, np.nan)
+        bad = np.isnan(alone) or np.isnan(grouped)
+        gains[config] = None if bad else relative_improvement(grouped, alone, metric)
+    return gains
+
+
 def evaluate_target(
     name: str,
     feats: dict,
@@ -177,13 +213,15 @@ def evaluate_target(
     first_seed: int = 0,
     aux_feats: dict | None = None,
     model_seeds: int = 1,
+    nested: bool = False,
 ) -> dict:
-    """``aux_feats``: the candidates' features when read apart from the targets' (default ``feats``)."""
+    """``aux_feats``: the candidates' features when read apart from the targets' (default ``feats``).
+    ``nested``: also the ``*_nested`` columns, groups checked on an inner split of the training rows."""
     target = feats[name]
     pool = feats if aux_feats is None else aux_feats
     candidates = {k: v.capped(max_aux_rows) for k, v in pool.items() if k != name}
     metric = primary(target.task_types)
-    configs = configurations(list(routings))
+    configs = configurations(list(routings), nested)
     per_seed: list[dict] = []
     for seed in range(first_seed, first_seed + seeds):
         train, val, test = scaffold_split(target.smiles, seed)
@@ -206,6 +244,7 @@ def evaluate_target(
         runs: dict[str, dict] = {
             "none": fit_model_seeds(target, [], train, val, test, seed, model_seeds, **hparams)
         }
+        gains: dict[str, float | None] = {}
         for weight, transfer in weight_transfer_pairs(aux_weights, transfers):
             for config in ("all", "structure", *routings):
                 col = variant(config, weight, transfer)
@@ -231,6 +270,23 @@ def evaluate_target(
                 col = variant(f"{config}_checked", weight, transfer)
                 runs[col] = runs[checked]
                 groups[col] = groups[config if checked != "none" else "none"]
+            if nested:
+                fit = partial(
+                    fit_model_seeds,
+                    target,
+                    seed=seed,
+                    model_seeds=model_seeds,
+                    aux_weight=weight,
+                    transfer=transfer,
+                    **hparams,
+                )
+                checked_sets = {c: [candidates[g] for g in groups[c]] for c in ("structure", *routings)}
+                for config, gain in inner_gains(target, checked_sets, train, val, test, seed, fit).items():
+                    col = variant(f"{config}_nested", weight, transfer)
+                    keep = gain is not None and gain > 0
+                    gains[col] = gain
+                    runs[col] = runs[variant(config, weight, transfer)] if keep else runs["none"]
+                    groups[col] = groups[config] if keep else []
         columns = variants(aux_weights, transfers, configs)
         first = next(iter(routings))
         row = {
@@ -238,6 +294,7 @@ def evaluate_target(
             "route_seconds": seconds[first],
             "routing_seconds": seconds,
             "groups": groups,
+            **({"inner_gains": gains} if nested else {}),
             "scores": {s.dataset: round(s.score, 4) for s in scores[first]},
             "routing_scores": {
                 rname: {s.dataset: [round(s.score, 4), s.votes] for s in sc} for rname, sc in scores.items()
@@ -396,7 +453,7 @@ def first_routed(results: list[dict]) -> str | None:
     """The first routed configuration of the results (its group is the table's last column)."""
     fixed = {"none", "all", "structure"}
     return next(
-        (c for c in result_configs(results) if c not in fixed and not c.endswith("_checked")), None
+        (c for c in result_configs(results) if c not in fixed and not c.endswith(CHECK_SUFFIXES)), None
     )
 
 
@@ -510,6 +567,11 @@ def main() -> None:
         type=int,
         default=1,
         help="model seeds per split whose metrics are averaged; checks compare the mean validation metric",
+    )
+    parser.add_argument(
+        "--nested-check",
+        action="store_true",
+        help="also *_nested columns: groups checked on an inner scaffold split of the training rows",
     )
     parser.add_argument(
         "--aux-catalog",
@@ -657,6 +719,7 @@ def main() -> None:
                 args.first_seed,
                 aux_feats,
                 args.model_seeds,
+                args.nested_check,
             )
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -87,7 +87,8 @@ for s in $STEPS; do
       # FIRST_SEED/SEEDS split the seeds over several calls (then grouping_eval --merge of every JSON);
       # ROUTINGS = space-separated grouping_eval --routing specs (default: molgroup). AUX_DATA (+ AUX_READ_ROWS)
       # = a folder the candidates are read from (e.g. the --export-subsample of --max-rows 2000) and
-      # AUX_ROWS their cap (default 500, the CPU protocol's). MODEL_SEEDS = grouping_eval --model-seeds.
+      # AUX_ROWS their cap (default 500, the CPU protocol's). MODEL_SEEDS = grouping_eval --model-seeds;
+      # NESTED=1 adds --nested-check.
       cache=/tmp/grouping-cache; weights=${AUX_WEIGHTS:-none,1,0.3,0.1}; rows=${MAX_ROWS:-1000}
       transfers=${TRANSFERS:-joint}; first=${FIRST_SEED:-0}
       routing_args=(); for r in ${ROUTINGS:-molgroup}; do routing_args+=(--routing "$r"); done
@@ -100,6 +101,7 @@ for s in $STEPS; do
         OMP_NUM_THREADS=2 timeout "${GROUPING_S:-480}" python3 bench/grouping_eval.py --catalog "$DATA" --targets "$t" \
           --seeds "${SEEDS:-3}" --max-rows "$rows" "${aux_args[@]}" --threads 2 --cache "$cache" \
           --aux-weights "$weights" --transfers "$transfers" --first-seed "$first" --model-seeds "${MODEL_SEEDS:-1}" \
+          ${NESTED:+--nested-check} \
           "${routing_args[@]}" \
           --out "$RESULT/grouping_${t}_s$first.json" > "$RESULT/grouping_${t}_s$first.log" 2>&1 &
       done
