@@ -175,24 +175,26 @@ def _num(x: float | None) -> float:
 
 
 def inner_gains(
-    target, groups: dict[str, list], train: np.ndarray, val: np.ndarray, test: np.ndarray, seed: int, fit
+    target,
+    groups: dict[str, list],
+    inner: tuple[np.ndarray, np.ndarray],
+    held_out: np.ndarray,
+    alone: float,
+    fit,
 ) -> dict[str, float | None]:
-    """Each group's relative gain over target alone on an inner scaffold split of the training rows
-    (heads trained on 80 % of them, compared on the other 20 %; ``None`` for an empty group), so that a
-    check on it leaves the split's validation rows unseen and free to judge the rule. ``groups`` maps a
+    """Each group's relative gain over target alone (validation metric ``alone``) on ``inner``, a scaffold
+    split of the training rows (:func:`inner_split`; ``None`` for an empty group), so that a check on it
+    leaves the split's validation rows unseen and free to judge the rule. ``groups`` maps a
     configuration to its candidate sets; ``fit(group, train, val, held_out)`` trains and scores (auxiliary
-    rows found in the validation or test rows are still removed). The routing itself saw every training
-    row; the fingerprint top-3 sees no labels."""
-    inner_train, inner_val = inner_split(target.smiles, train, seed)
-    held_out = np.concatenate([val, test])
+    rows found in ``held_out``, the validation and test rows, are still removed). The routing itself saw
+    every training row; the fingerprint top-3 sees no labels."""
     metric = primary(target.task_types)
-    alone = _num(fit([], inner_train, inner_val, held_out)["val"][metric])
     scored: dict[tuple[str, ...], float] = {}  # configurations often share a group: train it once
     gains: dict[str, float | None] = {}
     for config, group in groups.items():
         key = tuple(g.name for g in group)
         if key and key not in scored:
-            scored[key] = _num(fit(group, inner_train, inner_val, held_out)["val"][metric])
+            scored[key] = _num(fit(group, *inner, held_out)["val"][metric])
         grouped = scored.get(key, np.nan)
         bad = np.isnan(alone) or np.isnan(grouped)
         gains[config] = None if bad else relative_improvement(grouped, alone, metric)
@@ -245,6 +247,11 @@ def evaluate_target(
             "none": fit_model_seeds(target, [], train, val, test, seed, model_seeds, **hparams)
         }
         gains: dict[str, float | None] = {}
+        if nested:  # the inner split and its target-alone head serve every (loss share, transfer) setting
+            inner = inner_split(target.smiles, train, seed)
+            held_out = np.concatenate([val, test])
+            inner_alone = fit_model_seeds(target, [], *inner, held_out, seed, model_seeds, **hparams)
+            alone = _num(inner_alone["val"][metric])
         for weight, transfer in weight_transfer_pairs(aux_weights, transfers):
             for config in ("all", "structure", *routings):
                 col = variant(config, weight, transfer)
@@ -281,7 +288,7 @@ def evaluate_target(
                     **hparams,
                 )
                 checked_sets = {c: [candidates[g] for g in groups[c]] for c in ("structure", *routings)}
-                for config, gain in inner_gains(target, checked_sets, train, val, test, seed, fit).items():
+                for config, gain in inner_gains(target, checked_sets, inner, held_out, alone, fit).items():
                     col = variant(f"{config}_nested", weight, transfer)
                     keep = gain is not None and gain > 0
                     gains[col] = gain
@@ -676,26 +683,25 @@ def main() -> None:
     embedder = _CachedOnly(json.loads(args.cached_versions)) if args.cached_versions else build_embedder()
     started = time.perf_counter()
     order = list(entries.values())[:: -1 if args.reverse_features else 1]
-    feats = load_catalog_features(
-        order,
-        catalog_dir,
-        embedder,
-        args.cache,
-        args.max_rows,
-        progress=lambda n, i, k: print(f"features {n} ({i}/{k})", flush=True),
-    )
-    feats = {name: feats[name] for name in entries}  # catalog order, whichever order they were embedded
-    aux_feats = None
-    if args.aux_catalog is not None or args.aux_read_rows is not None:
-        aux_feats = load_catalog_features(
-            order,
-            args.aux_catalog or catalog_dir,
+    separate = args.aux_catalog is not None or args.aux_read_rows is not None
+
+    def features(folder: Path, rows: int, names: set[str], label: str) -> dict:
+        loaded = load_catalog_features(
+            [e for e in order if e.name in names],
+            folder,
             embedder,
             args.cache,
-            args.aux_read_rows or args.max_rows,
-            progress=lambda n, i, k: print(f"candidate features {n} ({i}/{k})", flush=True),
+            rows,
+            progress=lambda n, i, k: print(f"{label} {n} ({i}/{k})", flush=True),
         )
-        aux_feats = {name: aux_feats[name] for name in entries}
+        return {name: loaded[name] for name in entries if name in loaded}  # catalog order
+
+    # with candidates read apart, the targets' own rows are all that is needed from --catalog
+    feats = features(catalog_dir, args.max_rows, set(targets) if separate else set(entries), "features")
+    aux_feats = None
+    if separate:
+        aux_dir, aux_rows = args.aux_catalog or catalog_dir, args.aux_read_rows or args.max_rows
+        aux_feats = features(aux_dir, aux_rows, set(entries), "candidate features")
     embed_s = time.perf_counter() - started
     if args.embed_only:
         print(f"catalog embedded in {embed_s:.0f} s on {embedder.device}")

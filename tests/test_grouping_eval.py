@@ -100,15 +100,18 @@ def test_inner_split_partitions_the_training_rows_by_scaffold() -> None:
 def test_inner_gains_train_on_the_training_rows_only() -> None:
     target, aux = _set("t", 120, 0, [_ring_smiles(i) for i in range(120)]), _set("a", 200, 1)
     train, val, test = np.arange(80), np.arange(80, 100), np.arange(100, 120)
+    inner = grouping_eval.inner_split(target.smiles, train, seed=0)
+    held_out = np.concatenate([val, test])
     seen: list[tuple[int, ...]] = []
 
-    def fit(group, tr, va, held_out):
+    def fit(group, tr, va, rest):
         seen.append(tuple(sorted(set(tr) | set(va))))
-        assert set(held_out) == set(val) | set(test)
-        return fit_and_score(target, group, tr, va, held_out, seed=0, **HPARAMS)
+        assert set(rest) == set(val) | set(test)
+        return fit_and_score(target, group, tr, va, rest, seed=0, **HPARAMS)
 
+    alone = fit([], *inner, held_out)["val"]["roc_auc"]
     groups = {"structure": [aux], "routed": [aux], "empty": []}
-    gains = grouping_eval.inner_gains(target, groups, train, val, test, 0, fit)
+    gains = grouping_eval.inner_gains(target, groups, inner, held_out, alone, fit)
     assert len(seen) == 2  # target alone, then the shared group once
     assert all(rows == tuple(train) for rows in seen)
     assert gains["empty"] is None and gains["structure"] == gains["routed"] is not None
