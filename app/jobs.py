@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -93,12 +94,13 @@ def reset_shared_embedder() -> None:
         embedder.close()  # its featurization worker processes, if a large call started them
 
 
-def recommendation_options(settings: Settings, method: str):
+def recommendation_options(settings: Settings, method: str, exclude: list[str] | None = None):
     from grouping.recommend import RecommendOptions
     from grouping.routing import MolGroupConfig
 
     return RecommendOptions(
         method=method,
+        exclude=list(exclude or []),
         max_aux_rows=settings.recommend_max_aux_rows,
         evidence_seeds=settings.recommend_evidence_seeds,
         aux_weight=settings.recommend_aux_weight,
@@ -145,15 +147,13 @@ def run_recommendation(
 
     embedder = embedder or shared_embedder()
     target = validate_upload(data, params, settings, embedder.policy)
-    skip = set(params.get("exclude") or [])
-    entries = [e for e in load_catalog(extra_catalog_path(settings)) if e.name not in skip]
     return recommend(
         target,
-        entries,
+        load_catalog(extra_catalog_path(settings)),
         settings.data_dir,
         embedder,
         grouping_cache_dir(settings),
-        recommendation_options(settings, params.get("method") or "molgroup"),
+        recommendation_options(settings, params.get("method") or "molgroup", params.get("exclude")),
         progress,
     )
 
@@ -326,14 +326,25 @@ def build_store(settings: Settings) -> JobStore:
     return MemoryJobStore()
 
 
+async def mark_failed(store: JobStore, job_id: str, reason: str) -> bool:
+    """``running`` -> ``failed`` with ``reason`` (the progress message stops naming the last phase)."""
+    return await store.transition(
+        job_id, ("running",), status="failed", error=reason, message="failed", finished_at=time.time()
+    )
+
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")  # new_job's uuid4().hex
+
+
 async def read_job(store: JobStore, job_id: str) -> dict | None:
-    """The job, with a ``running`` job whose lease expired turned into ``failed`` first."""
+    """The job (None for an id that is not a job id), with a ``running`` job whose lease expired turned
+    into ``failed`` first."""
+    if not JOB_ID.match(job_id):  # e.g. "<id>:lease" would otherwise reach the job's side keys
+        return None
     job = await store.get(job_id)
     if job is not None and job["status"] == "running" and not await store.lease_alive(job_id):
         reason = "worker stopped responding (no heartbeat); the job was abandoned"
-        if await store.transition(
-            job_id, ("running",), status="failed", error=reason, finished_at=time.time()
-        ):
+        if await mark_failed(store, job_id, reason):
             log.warning("job abandoned by its worker", extra={"job": job_id, "worker": job.get("worker")})
         job = await store.get(job_id)
     return job
@@ -394,9 +405,7 @@ async def execute(
     job = await store.get(job_id) or {}
     data = await store.payload(job_id)
     if data is None:
-        await store.transition(
-            job_id, ("running",), status="failed", error="uploaded file expired", finished_at=time.time()
-        )
+        await mark_failed(store, job_id, "uploaded file expired")
         return "failed"
     params = job.get("params", {})
     control = JobControl()
@@ -421,17 +430,13 @@ async def execute(
         result = task.result()
     except JobCancelled:
         if control.reason != "cancelled":
-            await store.transition(
-                job_id, ("running",), status="failed", error=control.reason, finished_at=time.time()
-            )
+            await mark_failed(store, job_id, control.reason)
             return "failed"
         return "cancelled"
     except asyncio.CancelledError:  # the worker is shutting down or arq's own timeout fired
         control.reason = "worker stopped while running the job"
         control.cancel.set()
-        await store.transition(
-            job_id, ("running",), status="failed", error=control.reason, finished_at=time.time()
-        )
+        await mark_failed(store, job_id, control.reason)
         raise
     except Exception as exc:
         from grouping.catalog import CatalogError
@@ -441,7 +446,7 @@ async def execute(
         reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
         if not expected:
             log.exception("recommendation job failed", extra={"job": job_id})
-        await store.transition(job_id, ("running",), status="failed", error=reason, finished_at=time.time())
+        await mark_failed(store, job_id, reason)
         return "failed"
     done = await store.transition(
         job_id,

@@ -692,7 +692,7 @@ def main() -> None:
             embedder,
             args.cache,
             rows,
-            progress=lambda n, i, k: print(f"{label} {n} ({i}/{k})", flush=True),
+            progress=lambda n, i, k: i == int(i) and print(f"{label} {n} ({int(i)}/{k})", flush=True),
         )
         return {name: loaded[name] for name in entries if name in loaded}  # catalog order
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,7 @@ SHIPPED_CATALOG = Path(__file__).resolve().parent / "catalog" / "catalog.json"
 TaskType = Literal["classification", "regression"]
 TASK_TYPES: tuple[str, ...] = ("classification", "regression")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+MIN_USABLE_ROWS = 50  # a registered set needs this many rows with a valid SMILES and a label (as a target)
 
 
 class CatalogError(ValueError):
@@ -108,6 +110,8 @@ def parse_entry(raw: dict, source: str = "shipped") -> CatalogEntry:
     labels = raw.get("label_columns")
     if labels is not None and (not isinstance(labels, list) or not labels):
         raise CatalogError(f"catalog entry {name!r}: label_columns must be a non-empty list or null")
+    if labels is not None and smiles_column in [str(c) for c in labels]:
+        raise CatalogError(f"catalog entry {name!r}: the SMILES column {smiles_column!r} cannot be a label")
     flt = raw.get("row_filter")
     row_filter = None
     if flt is not None:
@@ -137,7 +141,12 @@ def _read_entries(path: Path, source: str) -> list[CatalogEntry]:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CatalogError(f"catalog file {path} is not valid JSON: {exc}") from exc
-    return [parse_entry(raw, source) for raw in doc.get("datasets", [])]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"catalog file {path} is not readable: {exc}") from exc
+    datasets = doc.get("datasets", []) if isinstance(doc, dict) else None
+    if not isinstance(datasets, list) or not all(isinstance(raw, dict) for raw in datasets):
+        raise CatalogError(f"catalog file {path} must be a JSON object whose 'datasets' is a list of objects")
+    return [parse_entry(raw, source) for raw in datasets]
 
 
 def load_catalog(extra: Path | None = None, shipped: Path = SHIPPED_CATALOG) -> list[CatalogEntry]:
@@ -153,12 +162,26 @@ def load_catalog(extra: Path | None = None, shipped: Path = SHIPPED_CATALOG) -> 
     return entries
 
 
+def without(entries: list[CatalogEntry], exclude: Sequence[str]) -> list[CatalogEntry]:
+    """``entries`` minus the named sets; :class:`CatalogError` for a name that is not in the catalog, or
+    when nothing is left."""
+    names = [e.name for e in entries]
+    unknown = sorted(set(exclude) - set(names))
+    if unknown:
+        raise CatalogError(f"cannot exclude {unknown}: not in the catalog (data sets: {names})")
+    left = [e for e in entries if e.name not in set(exclude)]
+    if not left:
+        raise CatalogError("the exclusions leave no auxiliary data set to recommend from")
+    return left
+
+
 def register_dataset(extra: Path, entry: CatalogEntry, catalog_dir: Path) -> CatalogEntry:
     """Validate ``entry`` against its file and add it to the user catalog JSON ``extra`` (atomic write)."""
     existing = load_catalog(extra)
     if any(e.name == entry.name for e in existing):
         raise CatalogError(f"a data set named {entry.name!r} is already in the catalog")
     check_entry(entry, catalog_dir)
+    check_usable(entry, catalog_dir)
     user = _read_entries(extra, "user") if extra.exists() else []
     user.append(entry)
     extra.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +199,7 @@ def register_dataset(extra: Path, entry: CatalogEntry, catalog_dir: Path) -> Cat
 def _header(path: Path) -> list[str]:
     try:
         return list(pd.read_csv(path, nrows=0).columns)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
         raise CatalogError(f"{path} is not a readable CSV: {exc}") from exc
 
 
@@ -197,8 +220,8 @@ def existing_file(entry: CatalogEntry, catalog_dir: Path) -> Path:
     return path
 
 
-def check_entry(entry: CatalogEntry, catalog_dir: Path) -> dict:
-    """Check that the file exists and holds the named columns; returns a status dict (raises on error)."""
+def _checked_columns(entry: CatalogEntry, catalog_dir: Path) -> tuple[Path, list[str]]:
+    """The entry's file and its header, checked to hold the named columns (:class:`CatalogError`)."""
     path = existing_file(entry, catalog_dir)
     columns = _header(path)
     wanted = [entry.smiles_column, *(entry.label_columns or [])]
@@ -207,16 +230,38 @@ def check_entry(entry: CatalogEntry, catalog_dir: Path) -> dict:
     missing = [c for c in wanted if c not in columns]
     if missing:
         raise CatalogError(f"{entry.name}: columns {missing} not in {path.name} (columns: {columns[:20]})")
-    labels = resolve_label_columns(entry, columns)
-    if not labels:
+    if not resolve_label_columns(entry, columns):
         raise CatalogError(f"{entry.name}: no label columns in {path.name}")
+    return path, columns
+
+
+def check_entry(entry: CatalogEntry, catalog_dir: Path) -> dict:
+    """Check that the file exists and holds the named columns; returns a status dict (raises on error)."""
+    path, columns = _checked_columns(entry, catalog_dir)
     return {
         "dataset": entry.name,
         "file": str(path),
-        "tasks": len(labels),
+        "tasks": len(resolve_label_columns(entry, columns)),
         "task_type": entry.task_type,
         "bytes": path.stat().st_size,
     }
+
+
+def check_usable(entry: CatalogEntry, catalog_dir: Path, min_rows: int = MIN_USABLE_ROWS) -> int:
+    """Read the whole set and parse its SMILES: the number of usable rows (valid SMILES + a label).
+
+    :class:`CatalogError` when fewer than ``min_rows`` are usable (or :func:`load_dataset` refuses it).
+    """
+    from models.chemistry import parse_smiles
+
+    data = load_dataset(entry, catalog_dir)
+    usable = sum(parse_smiles(s).error is None for s in data.smiles)
+    if usable < min_rows:
+        raise CatalogError(
+            f"{entry.name}: only {usable} of {data.total_rows} labelled rows have a valid SMILES "
+            f"(need at least {min_rows})"
+        )
+    return usable
 
 
 def check_catalog(entries: list[CatalogEntry], catalog_dir: Path) -> list[dict]:
@@ -237,17 +282,30 @@ def load_dataset(
 ) -> LoadedDataset:
     """Read a catalog set; with ``max_rows``, a deterministic uniform subsample (``seed``) of that size.
 
-    Label cells that are empty or not numbers become NaN; rows without any label are dropped.
+    Label cells that are empty, not numbers or not finite become NaN; rows without any label are
+    dropped. :class:`CatalogError` when the file no longer matches the entry (columns, readability),
+    when a classification label is not 0/1, or when no labelled row is left.
     """
-    path = entry.path(catalog_dir)
-    columns = _header(path)
+    path, columns = _checked_columns(entry, catalog_dir)
     labels = resolve_label_columns(entry, columns)
     usecols = [entry.smiles_column, *labels] + ([entry.row_filter.column] if entry.row_filter else [])
-    df = pd.read_csv(path, usecols=list(dict.fromkeys(usecols)), low_memory=False)
+    try:
+        df = pd.read_csv(path, usecols=list(dict.fromkeys(usecols)), low_memory=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
+        raise CatalogError(f"{entry.name}: {path.name} is not a readable CSV: {exc}") from exc
     if entry.row_filter is not None:
         df = df[df[entry.row_filter.column].astype(str) == entry.row_filter.equals]
-    y = df[labels].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, then missing
+        y = df[labels].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32, copy=True)
+    y[np.isinf(y)] = np.nan
+    if entry.task_type == "classification":
+        present = y[~np.isnan(y)]
+        if not np.isin(present, (0.0, 1.0)).all():
+            odd = present[~np.isin(present, (0.0, 1.0))][0]
+            raise CatalogError(f"{entry.name}: classification labels must be 0/1; found {odd:g}")
     keep = ~np.isnan(y).all(axis=1) & df[entry.smiles_column].notna().to_numpy()
+    if not keep.any():
+        raise CatalogError(f"{entry.name}: no row with a SMILES and a numeric label in {path.name}")
     smiles = df[entry.smiles_column].astype(str).to_numpy()[keep]
     y = y[keep]
     total = len(smiles)

@@ -90,23 +90,38 @@ def featurize(
     label_columns: list[str],
     embedder,
     total_rows: int | None = None,
+    progress: Callable[[float], None] | None = None,
+    chunk: int = 1024,
 ) -> SetFeatures:
     """Embed (fused view) and fingerprint ``smiles``; rows the embedder rejects (or that come out
-    non-finite) are dropped."""
-    out = embedder.embed(smiles, views=("fused",))
-    ok = out.valid & np.isfinite(out.vectors["fused"]).all(axis=1)
-    if (out.valid & ~ok).any():
+    non-finite) are dropped. With ``progress``, the rows are embedded ``chunk`` at a time and
+    ``progress(fraction done)`` is called after each chunk (it may raise to abort, e.g. on cancel)."""
+    step = chunk if progress is not None else max(len(smiles), 1)
+    vectors: list[np.ndarray] = []
+    valid: list[np.ndarray] = []
+    canonical_all: list[str | None] = []
+    for start in range(0, len(smiles), step):
+        out = embedder.embed(smiles[start : start + step], views=("fused",))
+        vectors.append(out.vectors["fused"])
+        valid.append(out.valid)
+        canonical_all += out.canonical
+        if progress is not None:
+            progress(min(start + step, len(smiles)) / len(smiles))
+    fused = np.concatenate(vectors) if vectors else np.empty((0, embedder.dims["fused"]), np.float32)
+    is_valid = np.concatenate(valid) if valid else np.zeros(0, dtype=bool)
+    ok = is_valid & np.isfinite(fused).all(axis=1)
+    if (is_valid & ~ok).any():
         log.warning(
-            "non-finite embeddings dropped", extra={"dataset": name, "rows": int((out.valid & ~ok).sum())}
+            "non-finite embeddings dropped", extra={"dataset": name, "rows": int((is_valid & ~ok).sum())}
         )
-    canonical = [c for c, v in zip(out.canonical, ok, strict=True) if v]
+    canonical = [c for c, v in zip(canonical_all, ok, strict=True) if v]
     return SetFeatures(
         name,
         canonical,
         labels[ok],
         list(task_types),
         list(label_columns),
-        out.vectors["fused"][ok],
+        fused[ok],
         morgan_bits(canonical),
         total_rows if total_rows is not None else len(smiles),
         embedder.dims["smiles"],
@@ -140,8 +155,10 @@ def catalog_features(
     cache_dir: Path | None,
     max_rows: int | None,
     seed: int = 0,
+    progress: Callable[[float], None] | None = None,
 ) -> SetFeatures:
-    """Features of one catalog set (subsampled to ``max_rows`` with ``seed``), cached on disk."""
+    """Features of one catalog set (subsampled to ``max_rows`` with ``seed``), cached on disk;
+    ``progress`` as in :func:`featurize` while a set is embedded (not called on a cache hit)."""
     existing_file(entry, catalog_dir)  # a missing file is a CatalogError, before the cache key stats it
     file = None
     if cache_dir is not None:
@@ -163,8 +180,17 @@ def catalog_features(
                 )
     data = load_dataset(entry, catalog_dir, max_rows=max_rows, seed=seed)
     feats = featurize(
-        entry.name, data.smiles, data.labels, data.task_types, data.label_columns, embedder, data.total_rows
+        entry.name,
+        data.smiles,
+        data.labels,
+        data.task_types,
+        data.label_columns,
+        embedder,
+        data.total_rows,
+        progress=progress,
     )
+    if not len(feats):
+        raise CatalogError(f"{entry.name}: none of its {len(data.smiles)} rows read has a valid SMILES")
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_name(f"{file.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")  # per writer
@@ -199,10 +225,11 @@ def load_catalog_features(
     cache_dir: Path | None,
     max_rows: int | None,
     seed: int = 0,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[[str, float, int], None] | None = None,
     skipped: dict[str, str] | None = None,
 ) -> dict[str, SetFeatures]:
-    """Features for every entry, in order; ``progress(name, done, total)`` after each set.
+    """Features for every entry, in order; ``progress(name, done, total)`` after each set, and with a
+    fractional ``done`` while a set is being embedded (it may raise to abort).
 
     A set whose file is missing or unreadable raises :class:`~grouping.catalog.CatalogError`, unless
     ``skipped`` is given: then the set is left out and ``skipped[name]`` says why.
@@ -210,7 +237,12 @@ def load_catalog_features(
     out: dict[str, SetFeatures] = {}
     for i, entry in enumerate(entries):
         try:
-            out[entry.name] = catalog_features(entry, catalog_dir, embedder, cache_dir, max_rows, seed)
+            within = None
+            if progress is not None:
+                within = lambda f, name=entry.name, i=i: progress(name, i + f, len(entries))  # noqa: E731
+            out[entry.name] = catalog_features(
+                entry, catalog_dir, embedder, cache_dir, max_rows, seed, progress=within
+            )
         except CatalogError as exc:
             if skipped is None:
                 raise

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fusion.training import scaffold_split
-from grouping.catalog import CatalogEntry, CatalogError
+from grouping.catalog import CatalogEntry, CatalogError, without
 from grouping.evidence import group_evidence
 from grouping.features import SetFeatures, featurize, load_catalog_features
 from grouping.methods import METHODS, score_candidates
@@ -49,6 +49,7 @@ class RecommendOptions:
     # the target's rows alone) beat ``joint`` on validation for every configuration in the 8-seed run
     transfer: str = "finetune"
     routing: MolGroupConfig = field(default_factory=MolGroupConfig)
+    exclude: list[str] = field(default_factory=list)  # catalog sets left out of the candidates
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -81,21 +82,38 @@ def apply_validation_check(
     """
     for r in rows:
         r["routed"] = bool(r["selected"])
-    gain = None if evidence is None else evidence.get("relative_improvement")
-    if not group or gain is None or gain > 0:
+    if not group or evidence is None:  # no group, or evidence switched off (evidence_seeds = 0)
+        return group, None
+    gain = evidence.get("relative_improvement")
+    if gain is not None and gain > 0:
         return group, None
     for r in rows:
         r["selected"] = False
-    reason = (
-        f"target + {group} did not beat target alone on validation "
-        f"(relative improvement {gain:+.2%}); training on the target alone is recommended"
-    )
+    if gain is None:
+        reason = (
+            f"target + {group} could not be checked: the validation metric is undefined (for ROC-AUC, "
+            "the validation rows hold one class only); training on the target alone is recommended"
+        )
+    else:
+        reason = (
+            f"target + {group} did not beat target alone on validation "
+            f"(relative improvement {gain:+.2%}); training on the target alone is recommended"
+        )
     return [], {"group": group, "reason": reason}
 
 
-def target_features(target: TargetSet, embedder) -> SetFeatures:
+def target_features(
+    target: TargetSet, embedder, progress: Callable[[float], None] | None = None
+) -> SetFeatures:
+    """The target's features; ``progress(fraction)`` after every embedded chunk (may raise to abort)."""
     return featurize(
-        target.name, target.smiles, target.labels, target.task_types, target.label_columns, embedder
+        target.name,
+        target.smiles,
+        target.labels,
+        target.task_types,
+        target.label_columns,
+        embedder,
+        progress=progress,
     )
 
 
@@ -111,10 +129,11 @@ def recommend(
     """Run one recommendation and return the JSON-ready result (see ``docs/grouping.md``)."""
     if options.method not in METHODS:
         raise ValueError(f"method {options.method!r} not in {list(METHODS)}")
+    entries = without(entries, options.exclude)
     started = time.perf_counter()
     report = _phase(progress, 0.0, 0.05)
     report(0.0, "embedding target")
-    tgt = target_features(target, embedder)
+    tgt = target_features(target, embedder, lambda f: report(f, f"embedding target ({f:.0%})"))
     rejected = len(target.smiles) - len(tgt)
     load = _phase(progress, 0.05, 0.35)
     skipped: dict[str, str] = {}
@@ -124,7 +143,7 @@ def recommend(
         embedder,
         cache_dir,
         options.max_aux_rows,
-        progress=lambda name, i, n: load(i / n, f"catalog {name} ({i}/{n})"),
+        progress=lambda name, i, n: load(i / n, f"catalog {name} ({int(i)}/{n})"),
         skipped=skipped,
     )
     if not feats:

@@ -3,15 +3,19 @@
 Validation, each failure a :class:`TargetError` naming the field and carrying an HTTP status:
 
 - not a readable CSV (400); more bytes or rows than allowed (413);
-- no SMILES column, unknown/no label column, labels that are not numbers, a classification column
-  that is not binary, fewer than ``min_rows`` valid rows, all SMILES invalid (422).
+- no SMILES column, unknown, repeated or no label column, labels that are not finite numbers, a
+  classification column that is not binary or holds one class only, fewer than ``min_rows`` valid rows,
+  all SMILES invalid (422).
 
 Rows with an unparsable SMILES or without any label are skipped and counted.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 import io
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +25,7 @@ from models.chemistry import ParsePolicy, parse_smiles
 from models.tabular import TableError, detect_smiles_column
 
 TASK_TYPE_CHOICES = ("auto", "classification", "regression")
+_UNNAMED = re.compile(r"^Unnamed: \d+$")  # pandas' name for a column with an empty header
 
 
 class TargetError(ValueError):
@@ -57,31 +62,59 @@ class TargetSet:
         }
 
 
+def _gunzip(data: bytes, max_bytes: int) -> bytes:
+    """A gzip-compressed CSV, decompressed (at most ``max_bytes``, the limit applies to the CSV)."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            out = f.read(max_bytes + 1)
+    except (OSError, EOFError) as exc:
+        raise TargetError(f"the file is not a readable gzip archive: {exc}", "file", 400) from exc
+    if len(out) > max_bytes:
+        raise TargetError(f"the decompressed CSV is larger than the limit of {max_bytes} bytes", "file", 413)
+    return out
+
+
+def _header_names(data: bytes) -> list[str]:
+    first = data.decode("utf-8-sig", errors="replace").splitlines()[0] if data.strip() else ""
+    return [name.strip() for name in next(csv.reader([first]), [])]
+
+
 def read_csv_bytes(data: bytes, max_bytes: int, max_rows: int) -> pd.DataFrame:
-    """Parse an uploaded CSV, enforcing the byte and row limits."""
+    """Parse a target CSV (plain or gzip-compressed), enforcing the byte and row limits."""
     if len(data) > max_bytes:
-        raise TargetError(f"upload is {len(data)} bytes; the limit is {max_bytes}", "file", 413)
+        raise TargetError(f"the file is {len(data)} bytes; the limit is {max_bytes}", "file", 413)
+    if data[:2] == b"\x1f\x8b":
+        data = _gunzip(data, max_bytes)
     if not data.strip():
-        raise TargetError("upload is empty", "file", 400)
+        raise TargetError("the file is empty", "file", 400)
     if b"\x00" in data[:4096]:
-        raise TargetError("upload is not a CSV (binary content)", "file", 400)
+        raise TargetError("the file is not a CSV (binary content)", "file", 400)
     try:
         df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise TargetError(f"upload is not a readable CSV: {exc}", "file", 400) from exc
+        raise TargetError(f"the file is not a readable CSV: {exc}", "file", 400) from exc
+    header = _header_names(data)
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise TargetError(f"column name(s) {repeated} occur more than once in the header", "file", 422)
     if df.shape[1] < 2:
         raise TargetError(
             f"CSV needs a SMILES column and at least one label column; found {list(df.columns)}",
             "file",
             422,
         )
+    if df.empty:
+        raise TargetError(f"the CSV has a header ({list(df.columns)}) but no data rows", "file", 422)
     if len(df) > max_rows:
-        raise TargetError(f"upload has {len(df)} rows; the limit is {max_rows}", "file", 413)
+        raise TargetError(f"the CSV has {len(df)} rows; the limit is {max_rows}", "file", 413)
     return df
 
 
 def _label_columns(df: pd.DataFrame, smiles_column: str, targets: list[str] | None) -> list[str]:
     if targets:
+        repeated = sorted({t for t in targets if targets.count(t) > 1})
+        if repeated:
+            raise TargetError(f"label column(s) {repeated} named more than once", "targets")
         missing = [t for t in targets if t not in df.columns]
         if missing:
             raise TargetError(
@@ -92,14 +125,15 @@ def _label_columns(df: pd.DataFrame, smiles_column: str, targets: list[str] | No
         return targets
     numeric = []
     for col in df.columns:
-        if col == smiles_column:
+        if col == smiles_column or _UNNAMED.match(str(col)):  # a written-out pandas index is no label
             continue
         values = pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
         if values.notna().any() and values.notna().sum() == (df[col] != "").sum():
             numeric.append(col)
     if not numeric:
         raise TargetError(
-            f"no numeric label column found among {list(df.columns)}; name them with targets", "targets"
+            f"no numeric label column found among {list(df.columns)}; name the label columns (targets)",
+            "targets",
         )
     return numeric
 
@@ -137,7 +171,7 @@ def parse_target(
             smiles_column = detect_smiles_column(columns, df.head(50))
         except TableError as exc:
             raise TargetError(
-                str(exc).replace("pass --smiles-column", "name it with smiles_column"), "smiles_column"
+                str(exc).replace("pass --smiles-column", "name it (smiles_column)"), "smiles_column"
             ) from exc
     labels = _label_columns(df, smiles_column, targets)
     y = np.empty((len(df), len(labels)), dtype=np.float32)
@@ -150,7 +184,20 @@ def parse_target(
             raise TargetError(
                 f"label column {col!r} is not numeric: row {first + 2} holds {raw.iloc[first]!r}", "targets"
             )
-        y[:, j] = values.to_numpy(dtype=np.float32)
+        with np.errstate(over="ignore"):  # 1e39 overflows float32 to inf, reported below
+            column = values.to_numpy(dtype=np.float64).astype(np.float32)
+        infinite = np.isinf(column)
+        if infinite.any():
+            first = int(np.flatnonzero(infinite)[0])
+            raise TargetError(
+                f"label column {col!r} must hold finite numbers (float32 range): row {first + 2} holds "
+                f"{raw.iloc[first]!r}",
+                "targets",
+            )
+        y[:, j] = column
+    empty = [col for j, col in enumerate(labels) if np.isnan(y[:, j]).all()]
+    if empty:
+        raise TargetError(f"label column(s) {empty} hold no values", "targets")
     types = [_task_type(y[:, j], col, task_type) for j, col in enumerate(labels)]
     smiles: list[str] = []
     keep: list[int] = []
@@ -170,6 +217,16 @@ def parse_target(
         )
     if len(keep) < min_rows:
         raise TargetError(f"only {len(keep)} valid rows (need at least {min_rows})", "file")
+    for j, (col, kind) in enumerate(zip(labels, types, strict=True)):
+        present = np.unique(y[keep, j][~np.isnan(y[keep, j])])
+        if not len(present):
+            raise TargetError(f"label column {col!r} has no label in the valid rows", "targets")
+        if kind == "classification" and len(present) < 2:
+            raise TargetError(
+                f"classification label column {col!r} holds one class only ({present[0]:g}) in the valid "
+                "rows; a classifier needs both 0 and 1",
+                "targets",
+            )
     return TargetSet(
         name=name,
         smiles=smiles,

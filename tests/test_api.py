@@ -334,3 +334,31 @@ def test_uploads_get_the_upload_limit_not_the_json_body_limit(client):
     assert r.status_code < 500
     r = client.post("/v1/embed", content=b"x" * (MAX_BYTES + 1), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "MOLFUSION_MAX_REQUEST_BYTES" in r.json()["detail"]
+
+
+def test_body_limit_names_the_file_for_uploads_as_the_upload_routes_do():
+    """An upload cut off by the body-size middleware (before the route reads it) gets the upload
+    routes' error shape, ``detail[0].loc == ["body", "file"]``; other routes keep a plain message."""
+    from fastapi import FastAPI
+
+    from app.api.limits import BodySizeLimit
+
+    bare = FastAPI()
+
+    @bare.post("/v1/recommendations")
+    async def upload() -> dict:
+        return {}
+
+    @bare.post("/v1/embed")
+    async def embed() -> dict:
+        return {}
+
+    app = BodySizeLimit(bare, max_bytes=100, upload_max_bytes=100)
+    too_big = b"x" * (100 + BodySizeLimit.MULTIPART_SLACK + 1)
+    with TestClient(app) as c:
+        r = c.post("/v1/recommendations", content=too_big)
+        assert r.status_code == 413
+        detail = r.json()["detail"]
+        assert detail[0]["loc"] == ["body", "file"] and "MOLFUSION_UPLOAD_MAX_BYTES" in detail[0]["msg"]
+        r = c.post("/v1/embed", content=b"x" * 101)
+        assert r.status_code == 413 and "MOLFUSION_MAX_REQUEST_BYTES" in r.json()["detail"]

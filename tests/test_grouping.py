@@ -125,6 +125,47 @@ def test_catalog_entry_errors_name_the_field(tmp_path: Path, data_dir: Path) -> 
         register_dataset(extra, wrong, data_dir)
 
 
+
+def test_registration_refuses_sets_a_recommendation_could_not_use(tmp_path: Path, data_dir: Path) -> None:
+    """Labels must be numbers (0/1 for classification), enough rows must hold a valid SMILES, and a row
+    filter must keep rows; a set that passed once but whose file changed later is skipped, not fatal."""
+    extra = tmp_path / "user.json"
+    base = pd.read_csv(data_dir / "moleculenet" / "bbbp.csv").head(80)[["smiles", "p_np"]]
+
+    def entry(name: str, frame: pd.DataFrame, **kw) -> object:
+        path = tmp_path / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        raw = {"name": name, "file": str(path), "smiles_column": "smiles", "label_columns": ["p_np"]}
+        return parse_entry({**raw, "task_type": "classification", **kw}, "user")
+
+    cases = {
+        "text labels": (entry("text", base.assign(p_np="active")), "no row with a SMILES and a numeric"),
+        "bad smiles": (entry("bad", base.assign(smiles="C1CC")), "only 0 of 80"),
+        "few rows": (entry("few", base.head(20)), "only 20 of 20"),
+        "not binary": (entry("nb", base.assign(p_np=2.5)), "must be 0/1; found 2.5"),
+        "empty filter": (
+            entry("flt", base.assign(kind="a"), row_filter={"column": "kind", "equals": "b"}),
+            "no row with a SMILES",
+        ),
+    }
+    for case, (bad, message) in cases.items():
+        with pytest.raises(CatalogError, match=message):
+            register_dataset(extra, bad, data_dir)
+        assert not extra.exists(), case  # nothing was registered
+    with pytest.raises(CatalogError, match="cannot be a label"):
+        parse_entry({"name": "s", "file": "x.csv", "smiles_column": "smiles", "label_columns": ["smiles"],
+                     "task_type": "regression"}, "user")
+    good = entry("good", base)
+    register_dataset(extra, good, data_dir)
+    (tmp_path / "good.csv").write_text("smiles,renamed\nCCO,1\n")  # the file changes after registration
+    skipped: dict[str, str] = {}
+    feats = load_catalog_features(load_catalog(extra)[-1:], data_dir, None, None, None, skipped=skipped)
+    assert feats == {} and "columns ['p_np'] not in good.csv" in skipped["good"]
+    extra.write_text("[1, 2]")
+    with pytest.raises(CatalogError, match="must be a JSON object"):
+        load_catalog(extra)
+
+
 def test_datasets_cli_lists_checks_and_registers(tiny_env, data_dir: Path) -> None:
     from app.cli import cli
 
@@ -169,7 +210,7 @@ def test_datasets_cli_lists_checks_and_registers(tiny_env, data_dir: Path) -> No
     again = runner.invoke(cli, ["datasets", "--json"])
     assert [d["dataset"] for d in json.loads(again.output)["datasets"]][-1] == "my-bbbp"
     broken = tiny_env.heads_dir / "gone.csv"
-    broken.write_text("smiles,y\nCCO,1\n")
+    pd.read_csv(bbbp).head(60)[["smiles", "p_np"]].rename(columns={"p_np": "y"}).to_csv(broken, index=False)
     assert (
         runner.invoke(
             cli,
@@ -234,6 +275,83 @@ def test_target_validation_errors(bbbp_frame: pd.DataFrame) -> None:
     with pytest.raises(TargetError) as rows:
         read_csv_bytes(_csv(head), max_bytes=10**7, max_rows=79)
     assert rows.value.status == 413 and "80 rows" in str(rows.value)
+
+
+def test_target_rejects_infinite_labels_single_class_and_repeated_columns(bbbp_frame: pd.DataFrame) -> None:
+    head = bbbp_frame.head(80).copy()
+    for bad in ("inf", "-Infinity", "1e400", "1e39"):  # the last one overflows float32 only
+        df = head.copy()
+        df["y"] = "1.5"
+        df.loc[6, "y"] = bad
+        with pytest.raises(TargetError) as err:
+            _parse(_csv(df), targets=["y"])
+        assert (err.value.status, err.value.field) == (422, "targets")
+        assert "row 8" in str(err.value) and "finite" in str(err.value), bad
+    ones = head.assign(p_np="1")
+    for kw in ({}, {"task_type": "classification"}):
+        with pytest.raises(TargetError) as err:
+            _parse(_csv(ones), **kw)
+        assert err.value.field == "targets" and "one class" in str(err.value)
+    # the only 0 sits on a row whose SMILES is invalid: one class among the valid rows
+    almost = ones.copy()
+    almost.loc[0, "p_np"] = "0"
+    almost.loc[0, "smiles"] = "C1CC"
+    with pytest.raises(TargetError, match="one class"):
+        _parse(_csv(almost))
+    # a label column whose labels all sit on invalid rows
+    empty = head.assign(extra="")
+    empty.loc[0, "extra"] = "2.5"
+    empty.loc[0, "smiles"] = "C1CC"
+    with pytest.raises(TargetError, match="no label in the valid rows"):
+        _parse(_csv(empty), targets=["p_np", "extra"])
+    with pytest.raises(TargetError, match="more than once") as err:
+        _parse(_csv(head), targets=["p_np", "p_np"])
+    assert err.value.field == "targets"
+    rare = head.assign(p_np="0")
+    rare.loc[[1, 2], "p_np"] = "1"  # two positives are enough to accept the column
+    assert _parse(_csv(rare)).task_types == ["classification"]
+
+
+
+def test_target_file_forms_header_only_repeated_names_gzip_and_written_index(bbbp_frame) -> None:
+    import gzip
+
+    head = bbbp_frame.head(80)[["smiles", "p_np"]]
+    with pytest.raises(TargetError, match="no data rows") as err:
+        _parse(b"smiles,p_np\n")
+    assert err.value.field == "file"
+    with pytest.raises(TargetError, match=r"\['y'\] occur more than once") as err:
+        _parse(b"smiles,y,y\n" + b"CCO,1,2\n" * 60)
+    assert err.value.field == "file"
+    zipped = _parse(gzip.compress(_csv(head)))
+    assert len(zipped.smiles) == 80 and zipped.label_columns == ["p_np"]
+    with pytest.raises(TargetError) as err:
+        read_csv_bytes(gzip.compress(_csv(head)), max_bytes=2000, max_rows=10**5)  # limit on the CSV
+    assert err.value.status == 413
+    indexed = head.to_csv().encode()  # pandas' default writes the index as a first, unnamed column
+    assert _parse(indexed).label_columns == ["p_np"]
+
+
+def test_embedding_in_chunks_reports_progress_and_can_be_aborted(bbbp_frame, tiny_embedder) -> None:
+    from grouping.features import featurize
+    from grouping.recommend import target_features
+
+    target = _parse(_csv(bbbp_frame.head(120)))
+    args = (target.name, target.smiles, target.labels, target.task_types, target.label_columns, tiny_embedder)
+    seen: list[float] = []
+    chunked = featurize(*args, progress=seen.append, chunk=50)
+    assert seen == [50 / 120, 100 / 120, 1.0]
+    whole = featurize(*args)
+    assert chunked.smiles == whole.smiles and np.allclose(chunked.fused, whole.fused, atol=1e-5)
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(fraction: float) -> None:
+        raise Cancelled
+
+    with pytest.raises(Cancelled):  # a cancelled job stops after the chunk at hand
+        target_features(target, tiny_embedder, cancel)
 
 
 def test_target_skips_and_counts_invalid_rows(bbbp_frame: pd.DataFrame) -> None:
@@ -548,10 +666,25 @@ def test_recommend_cli_writes_json_and_chart(
     result = json.loads((tmp_path / "r" / "result.json").read_text())
     assert {r["dataset"] for r in result["candidates"]} == {"esol", "pampa"}
     assert result["evidence"] is None and (tmp_path / "r" / "result.png").stat().st_size > 1000
+    assert result["settings"]["exclude"] == exclude.split(",")
     bad = CliRunner().invoke(
         cli, ["recommend", str(target), "-o", str(tmp_path / "x.json"), "--targets", "nope"]
     )
-    assert bad.exit_code == 2 and "nope" in bad.output
+    assert bad.exit_code == 2 and "--targets" in bad.output and "nope" in bad.output
+    (tmp_path / "afile").write_text("x")
+    before = target.read_bytes()
+    # each refused before any work, naming the option, with the input left alone: the input itself, a
+    # PNG (the chart's name), an existing folder, a folder that cannot be made (a file is in the way)
+    for path in (target, tmp_path / "r" / "chart.png", tmp_path / "r", tmp_path / "afile" / "r.json"):
+        out = CliRunner().invoke(cli, ["recommend", str(target), "-o", str(path), "--method", "none"])
+        assert out.exit_code == 2 and "--output" in out.output and "Traceback" not in out.output, out.output
+    assert target.read_bytes() == before
+    folder = CliRunner().invoke(cli, ["recommend", str(tmp_path), "-o", str(tmp_path / "y.json")])
+    assert folder.exit_code == 2 and "directory" in folder.output
+    unknown = CliRunner().invoke(
+        cli, ["recommend", str(target), "-o", str(tmp_path / "z.json"), "--exclude", "esol,not-a-set"]
+    )
+    assert unknown.exit_code == 2 and "--exclude" in unknown.output and "not-a-set" in unknown.output
 
 
 def test_validation_check_withholds_a_group_that_does_not_help() -> None:
@@ -573,6 +706,12 @@ def test_validation_check_withholds_a_group_that_does_not_help() -> None:
     # without evidence (evidence_seeds=0) the routed group stands
     group, withheld = apply_validation_check(rows(), ["a"], None)
     assert group == ["a"] and withheld is None
+
+    # evidence whose validation metric is undefined (one class in the validation rows) cannot vouch
+    unknown_rows = rows()
+    group, withheld = apply_validation_check(unknown_rows, ["a"], {"relative_improvement": None})
+    assert group == [] and withheld["group"] == ["a"] and "undefined" in withheld["reason"]
+    assert not any(r["selected"] for r in unknown_rows)
 
 
 def test_finetune_transfer_continues_on_the_target_after_group_training() -> None:

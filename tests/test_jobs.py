@@ -121,6 +121,30 @@ def test_upload_validation_errors(jobs_env: Settings, bbbp: pd.DataFrame) -> Non
         assert missing.status_code == 422 and "file" in missing.text
         assert client.get("/v1/recommendations/nope").status_code == 404
         assert client.delete("/v1/recommendations/nope").status_code == 404
+        more = [
+            (head.assign(p_np="1"), {}, 422, "targets"),  # one class only
+            (head.assign(y="1.5").assign(y=lambda d: d["y"].where(d.index != 3, "inf")), {"targets": "y"},
+             422, "targets"),
+            (head, {"targets": "p_np,p_np"}, 422, "targets"),
+            (head, {"exclude": "bbbp,no-such-set"}, 422, "exclude"),
+        ]
+        for data, form, code, field in more:
+            resp = _post(client, data, **form)
+            assert resp.status_code == code and _field(resp) == field, (form, resp.text)
+        assert "no-such-set" in resp.text
+        big = client.post("/v1/recommendations", files={"file": ("t.csv", b"smiles,y\n" + b"C,1\n" * 40_000)})
+        assert big.status_code == 413 and _field(big) == "file" and "MOLFUSION_UPLOAD_MAX_BYTES" in big.text
+
+
+def test_recommendations_refuse_in_process_jobs_under_several_workers(jobs_env: Settings) -> None:
+    """Each uvicorn worker process would hold its own in-process jobs: a job id posted to one would be
+    unknown to the others. Without Redis and with several workers the job routes say so (503)."""
+    several = jobs_env.model_copy(update={"workers": 2})
+    with TestClient(make_app(several)) as client:
+        resp = client.get(f"/v1/recommendations/{'0' * 32}")
+        assert resp.status_code == 503 and "MOLFUSION_REDIS_URL" in resp.json()["detail"]
+        posted = client.post("/v1/recommendations", files={"file": ("t.csv", b"smiles,y\nCCO,1\n")})
+        assert posted.status_code == 503
 
 
 def test_in_process_job_runs_to_done(jobs_env: Settings, bbbp: pd.DataFrame) -> None:
@@ -166,6 +190,7 @@ def test_in_process_cancel_and_failure(jobs_env: Settings, bbbp: pd.DataFrame) -
         job_id = _post(client, bbbp.head(60)).json()["id"]
         job, _ = _wait(client, job_id, {"done", "failed"}, timeout=20)
         assert job["status"] == "failed" and "catalog folder vanished" in job["error"]
+        assert job["message"] == "failed"  # not the last phase's progress message
 
 
 def test_dataset_registration_endpoint(jobs_env: Settings, bbbp: pd.DataFrame) -> None:
@@ -246,6 +271,9 @@ def test_redis_worker_lifecycle_and_restart(
         again = client.get(f"/v1/recommendations/{first}").json()
         assert again["status"] == "done" and again["result"] == job["result"]
         assert client.get(f"/v1/recommendations/{second}").json()["status"] == "cancelled"
+        for side in ("input", "lease"):  # the job's side keys are no job ids (404, not a Redis type error)
+            assert client.get(f"/v1/recommendations/{first}:{side}").status_code == 404
+            assert client.delete(f"/v1/recommendations/{first}:{side}").status_code == 404
 
 
 @pytest.mark.redis

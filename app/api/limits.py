@@ -31,14 +31,20 @@ class BodySizeLimit:
         self.upload_prefixes = upload_prefixes
 
     def _limit(self, scope: Scope) -> tuple[int, str]:
-        if scope.get("method") == "POST" and scope.get("path", "").startswith(self.upload_prefixes):
+        if self._is_upload(scope):
             return self.upload_max, "MOLFUSION_UPLOAD_MAX_BYTES"
         return self.default_max, "MOLFUSION_MAX_REQUEST_BYTES"
 
-    @staticmethod
-    def _message(size: int | None, limit: int, setting: str) -> str:
+    def _is_upload(self, scope: Scope) -> bool:
+        return scope.get("method") == "POST" and scope.get("path", "").startswith(self.upload_prefixes)
+
+    def _detail(self, scope: Scope, size: int | None, limit: int, setting: str) -> str | list[dict]:
+        """The message; for uploads in the upload routes' own shape (``detail[0].loc`` names the file)."""
         got = f"{size} bytes" if size is not None else "more"
-        return f"request body too large: {got} > {limit} bytes ({setting})"
+        message = f"request body too large: {got} > {limit} bytes ({setting})"
+        if self._is_upload(scope):
+            return [{"loc": ["body", "file"], "msg": message, "type": "invalid_upload"}]
+        return message
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,7 +58,7 @@ class BodySizeLimit:
                 except ValueError:
                     declared = None
                 if declared is not None and declared > limit:
-                    await _send_json(send, 413, {"detail": self._message(declared, limit, setting)})
+                    await _send_json(send, 413, {"detail": self._detail(scope, declared, limit, setting)})
                     return
                 break
         received = 0
@@ -63,7 +69,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise HTTPException(413, detail=self._message(None, limit, setting))
+                    raise HTTPException(413, detail=self._detail(scope, None, limit, setting))
             return message
 
         await self.app(scope, limited_receive, send)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,6 +34,8 @@ from app.jobs import (
     validate_upload,
 )
 from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 datasets_router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -59,6 +62,12 @@ def _job_body(app: FastAPI, settings: Settings):
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Create the job service (arq pool or in-process runner) on start-up and close it on shutdown."""
     settings = _settings(app)
+    try:
+        _require_shared_jobs(settings)
+    except HTTPException as exc:
+        log.warning("recommendation jobs disabled", extra={"reason": exc.detail})
+        yield
+        return
     app.state.recommendation_jobs = await JobService.create(settings, _job_body(app, settings))
     try:
         yield
@@ -68,7 +77,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.close()
 
 
+def _require_shared_jobs(settings: Settings) -> None:
+    """In-process jobs live in one worker process; with several, a job's requests would reach others."""
+    if settings.workers > 1 and not settings.jobs_redis:
+        raise HTTPException(
+            503,
+            detail=(
+                f"recommendation jobs need Redis when the service runs {settings.workers} worker processes: "
+                "set MOLFUSION_REDIS_URL (or MOLFUSION_JOBS_REDIS_URL), or serve with --workers 1"
+            ),
+        )
+
+
 async def get_jobs(request: Request) -> JobService:
+    _require_shared_jobs(_settings(request.app))
     service = getattr(request.app.state, "recommendation_jobs", None)
     if service is None:
         async with _create_lock:
@@ -113,12 +135,18 @@ async def submit_recommendation(
     exclude: str | None = Form(None, description="Comma-separated catalog sets to leave out."),
 ) -> JSONResponse:
     """Validate the upload and queue a recommendation job (202 + id)."""
+    from grouping.catalog import CatalogError, load_catalog, without
     from grouping.methods import METHODS
     from grouping.target import TargetError
 
     settings = _settings(request.app)
+    _require_shared_jobs(settings)
     if method not in METHODS:
         raise _error(422, "method", f"method {method!r} not in {list(METHODS)}")
+    try:
+        without(load_catalog(extra_catalog_path(settings)), _split_list(exclude) or [])
+    except CatalogError as exc:
+        raise _error(422, "exclude", str(exc)) from exc
     data = await _read_limited(file, settings.upload_max_bytes)
     params: dict[str, Any] = {
         "name": Path(file.filename or "target").stem or "target",

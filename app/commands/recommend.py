@@ -26,6 +26,34 @@ def _catalog_entries():
         raise _fail(str(exc)) from exc
 
 
+_CLI_NAMES = {
+    "file": "TARGET_CSV",
+    "smiles_column": "--smiles-column",
+    "targets": "--targets",
+    "task_type": "--task-type",
+}
+
+
+def _check_paths(target_csv: Path, output: Path) -> Path:
+    """Check the input and output paths before any work; returns the chart's path (next to the JSON)."""
+    if not target_csv.exists():
+        raise _fail(f"input file not found: {target_csv}")
+    if target_csv.is_dir():
+        raise _fail(f"TARGET_CSV {target_csv} is a directory, not a CSV file")
+    chart = output.with_suffix(".png")
+    if output.suffix.lower() == ".png":
+        raise _fail(f"--output {output}: give the JSON's path; the chart is written next to it as .png")
+    if target_csv.resolve() in (output.resolve(), chart.resolve()):
+        raise _fail(f"--output {output} (or its chart {chart.name}) would overwrite the input {target_csv}")
+    if output.is_dir():
+        raise _fail(f"--output {output} is a directory; give a file path such as {output / 'result.json'}")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail(f"--output {output}: cannot create its folder ({exc})") from exc
+    return chart
+
+
 datasets_app = typer.Typer(
     help="List, check and register auxiliary data sets of the recommendation catalog.",
     no_args_is_help=False,
@@ -124,13 +152,13 @@ def register(cli: typer.Typer) -> None:
         method: str = typer.Option("molgroup", help="molgroup, structure, all or none."),
         task_type: str = typer.Option("auto", help="auto, classification or regression."),
         evidence_seeds: int | None = typer.Option(
-            None, help="Seeds for the evidence (default: settings; 0 = off)."
+            None, min=0, help="Seeds for the evidence (default: settings; 0 = off)."
         ),
         exclude: str | None = typer.Option(None, help="Comma-separated catalog sets to leave out."),
     ) -> None:
         """Recommend auxiliary data sets to train TARGET_CSV's property with, with scores and evidence."""
         from app.jobs import grouping_cache_dir, recommendation_options, shared_embedder
-        from grouping.catalog import CatalogError
+        from grouping.catalog import CatalogError, without
         from grouping.methods import METHODS
         from grouping.plot import plot_scores
         from grouping.recommend import recommend
@@ -139,8 +167,12 @@ def register(cli: typer.Typer) -> None:
         settings = get_settings()
         if method not in METHODS:
             raise typer.BadParameter(f"{method!r} not in {list(METHODS)}", param_hint="--method")
-        if not target_csv.exists():
-            raise _fail(f"input file not found: {target_csv}")
+        chart_path = _check_paths(target_csv, output)
+        skip = [s.strip() for s in (exclude or "").split(",") if s.strip()]
+        try:
+            without(_catalog_entries(), skip)
+        except CatalogError as exc:
+            raise _fail(f"--exclude: {exc}") from exc
         embedder = shared_embedder()
         try:
             df = read_csv_bytes(
@@ -156,10 +188,8 @@ def register(cli: typer.Typer) -> None:
                 embedder.policy,
             )
         except TargetError as exc:
-            raise _fail(f"{exc} (field: {exc.field})") from exc
-        skip = {s.strip() for s in (exclude or "").split(",") if s.strip()}
-        entries = [e for e in _catalog_entries() if e.name not in skip]
-        options = recommendation_options(settings, method)
+            raise _fail(f"{_CLI_NAMES.get(exc.field, exc.field)}: {exc}") from exc
+        options = recommendation_options(settings, method, skip)
         if evidence_seeds is not None:
             options.evidence_seeds = evidence_seeds
         with tqdm(total=100, unit="%", desc="recommending") as bar:
@@ -171,7 +201,7 @@ def register(cli: typer.Typer) -> None:
             try:
                 result = recommend(
                     target,
-                    entries,
+                    _catalog_entries(),
                     catalog or settings.data_dir,
                     embedder,
                     grouping_cache_dir(settings),
@@ -180,9 +210,8 @@ def register(cli: typer.Typer) -> None:
                 )
             except CatalogError as exc:
                 raise _fail(f"--catalog: {exc}") from exc
-        output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(result, indent=2))
-        chart = plot_scores(result, output.with_suffix(".png"))
+        chart = plot_scores(result, chart_path)
         ev = result["evidence"]
         typer.echo(f"recommended group: {result['recommended_group'] or '(none)'}")
         if ev is not None and ev["target_alone"]["mean"] is not None:
