@@ -110,8 +110,6 @@ def parse_entry(raw: dict, source: str = "shipped") -> CatalogEntry:
     labels = raw.get("label_columns")
     if labels is not None and (not isinstance(labels, list) or not labels):
         raise CatalogError(f"catalog entry {name!r}: label_columns must be a non-empty list or null")
-    if labels is not None and smiles_column in [str(c) for c in labels]:
-        raise CatalogError(f"catalog entry {name!r}: the SMILES column {smiles_column!r} cannot be a label")
     flt = raw.get("row_filter")
     row_filter = None
     if flt is not None:
@@ -230,8 +228,11 @@ def _checked_columns(entry: CatalogEntry, catalog_dir: Path) -> tuple[Path, list
     missing = [c for c in wanted if c not in columns]
     if missing:
         raise CatalogError(f"{entry.name}: columns {missing} not in {path.name} (columns: {columns[:20]})")
-    if not resolve_label_columns(entry, columns):
+    labels = resolve_label_columns(entry, columns)
+    if not labels:
         raise CatalogError(f"{entry.name}: no label columns in {path.name}")
+    if entry.smiles_column in labels:
+        raise CatalogError(f"{entry.name}: the SMILES column {entry.smiles_column!r} cannot be a label")
     return path, columns
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdFingerprintGenerator
 
-from grouping.catalog import CatalogEntry, CatalogError, existing_file, load_dataset
+from grouping.catalog import CatalogEntry, CatalogError, check_entry, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,17 @@ def cache_key(
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
+def _usable(entry: CatalogEntry, feats: SetFeatures) -> SetFeatures:
+    """``feats``, checked as :func:`~grouping.catalog.load_dataset` checks a file (also for features cached
+    before those checks existed): at least one molecule, classification labels 0/1."""
+    if not len(feats):
+        raise CatalogError(f"{entry.name}: none of its rows has a valid SMILES and a label")
+    present = feats.labels[~np.isnan(feats.labels)]
+    if entry.task_type == "classification" and not np.isin(present, (0.0, 1.0)).all():
+        raise CatalogError(f"{entry.name}: classification labels must be 0/1")
+    return feats
+
+
 def catalog_features(
     entry: CatalogEntry,
     catalog_dir: Path,
@@ -159,7 +170,7 @@ def catalog_features(
 ) -> SetFeatures:
     """Features of one catalog set (subsampled to ``max_rows`` with ``seed``), cached on disk;
     ``progress`` as in :func:`featurize` while a set is embedded (not called on a cache hit)."""
-    existing_file(entry, catalog_dir)  # a missing file is a CatalogError, before the cache key stats it
+    check_entry(entry, catalog_dir)  # missing file or columns: a CatalogError, before the cache is read
     file = None
     if cache_dir is not None:
         key = cache_key(entry, catalog_dir, embedder.versions, max_rows, seed)
@@ -167,7 +178,7 @@ def catalog_features(
         if file.exists():
             with np.load(file, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                return SetFeatures(
+                cached = SetFeatures(
                     entry.name,
                     z["smiles"].tolist(),
                     z["labels"],
@@ -178,6 +189,7 @@ def catalog_features(
                     meta["total_rows"],
                     meta["smiles_dim"],
                 )
+            return _usable(entry, cached)
     data = load_dataset(entry, catalog_dir, max_rows=max_rows, seed=seed)
     feats = featurize(
         entry.name,
@@ -189,8 +201,7 @@ def catalog_features(
         data.total_rows,
         progress=progress,
     )
-    if not len(feats):
-        raise CatalogError(f"{entry.name}: none of its {len(data.smiles)} rows read has a valid SMILES")
+    _usable(entry, feats)
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_name(f"{file.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")  # per writer

@@ -153,8 +153,7 @@ def test_registration_refuses_sets_a_recommendation_could_not_use(tmp_path: Path
             register_dataset(extra, bad, data_dir)
         assert not extra.exists(), case  # nothing was registered
     with pytest.raises(CatalogError, match="cannot be a label"):
-        parse_entry({"name": "s", "file": "x.csv", "smiles_column": "smiles", "label_columns": ["smiles"],
-                     "task_type": "regression"}, "user")
+        register_dataset(extra, entry("s", base, label_columns=["smiles"], task_type="regression"), data_dir)
     good = entry("good", base)
     register_dataset(extra, good, data_dir)
     (tmp_path / "good.csv").write_text("smiles,renamed\nCCO,1\n")  # the file changes after registration

@@ -214,6 +214,8 @@ def register(cli: typer.Typer) -> None:
         chart = plot_scores(result, chart_path)
         ev = result["evidence"]
         typer.echo(f"recommended group: {result['recommended_group'] or '(none)'}")
+        if result["withheld_group"] is not None:
+            typer.echo(f"withheld: {result['withheld_group']['reason']}")
         if ev is not None and ev["target_alone"]["mean"] is not None:
             typer.echo(
                 f"validation {ev['metric']}: target alone {ev['target_alone']['mean']:.4f} "
