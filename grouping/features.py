@@ -96,19 +96,22 @@ def featurize(
     """Embed (fused view) and fingerprint ``smiles``; rows the embedder rejects (or that come out
     non-finite) are dropped. With ``progress``, the rows are embedded ``chunk`` at a time and
     ``progress(fraction done)`` is called after each chunk (it may raise to abort, e.g. on cancel)."""
-    step = chunk if progress is not None else max(len(smiles), 1)
-    vectors: list[np.ndarray] = []
-    valid: list[np.ndarray] = []
-    canonical_all: list[str | None] = []
-    for start in range(0, len(smiles), step):
-        out = embedder.embed(smiles[start : start + step], views=("fused",))
-        vectors.append(out.vectors["fused"])
-        valid.append(out.valid)
-        canonical_all += out.canonical
+    n = len(smiles)
+    step = chunk if progress is not None else max(n, 1)
+    # chunks of similar length, as the encoders' own batches are, so chunking costs no extra padding
+    order = np.argsort([len(s) for s in smiles], kind="stable") if step < n else np.arange(n)
+    fused = np.empty((n, embedder.dims["fused"]), dtype=np.float32)
+    is_valid = np.zeros(n, dtype=bool)
+    canonical_all: list[str | None] = [None] * n
+    for start in range(0, n, step):
+        rows = order[start : start + step]
+        out = embedder.embed([smiles[i] for i in rows], views=("fused",))
+        fused[rows] = out.vectors["fused"]
+        is_valid[rows] = out.valid
+        for i, c in zip(rows, out.canonical, strict=True):
+            canonical_all[i] = c
         if progress is not None:
-            progress(min(start + step, len(smiles)) / len(smiles))
-    fused = np.concatenate(vectors) if vectors else np.empty((0, embedder.dims["fused"]), np.float32)
-    is_valid = np.concatenate(valid) if valid else np.zeros(0, dtype=bool)
+            progress(min(start + step, n) / n)
     ok = is_valid & np.isfinite(fused).all(axis=1)
     if (is_valid & ~ok).any():
         log.warning(
