@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from app.settings import get_settings
 
@@ -192,7 +193,8 @@ def register(cli: typer.Typer) -> None:
         options = recommendation_options(settings, method, skip)
         if evidence_seeds is not None:
             options.evidence_seeds = evidence_seeds
-        with tqdm(total=100, unit="%", desc="recommending") as bar:
+        # log lines are written above the bar instead of through it
+        with logging_redirect_tqdm(), tqdm(total=100, unit="%", desc="recommending") as bar:
 
             def progress(fraction: float, message: str) -> None:
                 bar.set_postfix_str(message[:40])
