@@ -14,10 +14,14 @@ name).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,11 +35,18 @@ SHIPPED_CATALOG = Path(__file__).resolve().parent / "catalog" / "catalog.json"
 TaskType = Literal["classification", "regression"]
 TASK_TYPES: tuple[str, ...] = ("classification", "regression")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# Larger label values are refused in a target and count as missing in a catalog set: heads compute label
+# statistics in float32, whose squares overflow from about 1.8e19; no molecular property comes near it.
+MAX_ABS_LABEL = 1e12
 MIN_USABLE_ROWS = 50  # a registered set needs this many rows with a valid SMILES and a label (as a target)
 
 
 class CatalogError(ValueError):
     """A malformed catalog entry or a data file that does not match its entry; the message names it."""
+
+
+class NameTakenError(CatalogError):
+    """A registration under a name the catalog already holds."""
 
 
 @dataclass(frozen=True)
@@ -173,23 +184,40 @@ def without(entries: list[CatalogEntry], exclude: Sequence[str]) -> list[Catalog
     return left
 
 
+@contextlib.contextmanager
+def _locked(extra: Path) -> Iterator[None]:
+    """An exclusive lock on the user catalog (a ``.lock`` file beside it), across processes of a host."""
+    extra.parent.mkdir(parents=True, exist_ok=True)
+    with open(extra.with_name(extra.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def register_dataset(extra: Path, entry: CatalogEntry, catalog_dir: Path) -> CatalogEntry:
-    """Validate ``entry`` against its file and add it to the user catalog JSON ``extra`` (atomic write)."""
-    existing = load_catalog(extra)
-    if any(e.name == entry.name for e in existing):
-        raise CatalogError(f"a data set named {entry.name!r} is already in the catalog")
+    """Validate ``entry`` against its file and add it to the user catalog JSON ``extra``.
+
+    The file is checked first (it is read whole); the name check, read and atomic rewrite of ``extra``
+    happen under a lock, so concurrent registrations neither lose entries nor register a name twice.
+    """
+    if any(e.name == entry.name for e in load_catalog(extra)):  # fail fast, before reading the file
+        raise NameTakenError(f"a data set named {entry.name!r} is already in the catalog")
     check_entry(entry, catalog_dir)
     check_usable(entry, catalog_dir)
-    user = _read_entries(extra, "user") if extra.exists() else []
-    user.append(entry)
-    extra.parent.mkdir(parents=True, exist_ok=True)
-    tmp = extra.with_suffix(extra.suffix + ".tmp")
-    doc = {
-        "version": 1,
-        "datasets": [{k: v for k, v in e.to_json().items() if k != "source"} for e in user],
-    }
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(extra)
+    with _locked(extra):
+        if any(e.name == entry.name for e in load_catalog(extra)):
+            raise NameTakenError(f"a data set named {entry.name!r} is already in the catalog")
+        user = _read_entries(extra, "user") if extra.exists() else []
+        user.append(entry)
+        tmp = extra.with_name(f"{extra.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        doc = {
+            "version": 1,
+            "datasets": [{k: v for k, v in e.to_json().items() if k != "source"} for e in user],
+        }
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(extra)
     log.info("catalog set registered", extra={"dataset": entry.name, "file": entry.file})
     return entry
 
@@ -266,11 +294,16 @@ def check_usable(entry: CatalogEntry, catalog_dir: Path, min_rows: int = MIN_USA
 
 
 def check_catalog(entries: list[CatalogEntry], catalog_dir: Path) -> list[dict]:
-    """One status row per entry: ``ok`` with task count and size, or ``error`` with the reason."""
+    """One status row per entry: ``ok`` with task count, labelled rows and size, or ``error`` with the
+    reason. Every file is read whole (labels as :func:`load_dataset` reads them; SMILES are not parsed)."""
     rows = []
     for entry in entries:
         try:
-            rows.append({"status": "ok", "source": entry.source, **check_entry(entry, catalog_dir)})
+            status = check_entry(entry, catalog_dir)
+            labelled = load_dataset(entry, catalog_dir).total_rows
+            if labelled < MIN_USABLE_ROWS:
+                raise CatalogError(f"{entry.name}: only {labelled} labelled rows (need {MIN_USABLE_ROWS})")
+            rows.append({"status": "ok", "source": entry.source, **status, "labelled_rows": labelled})
         except CatalogError as exc:
             rows.append(
                 {"dataset": entry.name, "status": "error", "source": entry.source, "error": str(exc)}
@@ -283,8 +316,8 @@ def load_dataset(
 ) -> LoadedDataset:
     """Read a catalog set; with ``max_rows``, a deterministic uniform subsample (``seed``) of that size.
 
-    Label cells that are empty, not numbers or not finite become NaN; rows without any label are
-    dropped. :class:`CatalogError` when the file no longer matches the entry (columns, readability),
+    Label cells that are empty, not numbers or beyond ±``MAX_ABS_LABEL`` become NaN; rows without any
+    label are dropped. :class:`CatalogError` when the file no longer matches the entry (columns, readability),
     when a classification label is not 0/1, or when no labelled row is left.
     """
     path, columns = _checked_columns(entry, catalog_dir)
@@ -296,9 +329,9 @@ def load_dataset(
         raise CatalogError(f"{entry.name}: {path.name} is not a readable CSV: {exc}") from exc
     if entry.row_filter is not None:
         df = df[df[entry.row_filter.column].astype(str) == entry.row_filter.equals]
-    with np.errstate(over="ignore"):  # values beyond float32 become inf, then missing
-        y = df[labels].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32, copy=True)
-    y[np.isinf(y)] = np.nan
+    y64 = df[labels].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    y64[np.abs(y64) > MAX_ABS_LABEL] = np.nan  # inf and absurd magnitudes: missing
+    y = y64.astype(np.float32)
     if entry.task_type == "classification":
         present = y[~np.isnan(y)]
         if not np.isin(present, (0.0, 1.0)).all():

@@ -13,6 +13,7 @@ Steps (``progress(fraction, message)`` is reported along the way and may raise t
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -85,6 +86,8 @@ def apply_validation_check(
     if not group or evidence is None:  # no group, or evidence switched off (evidence_seeds = 0)
         return group, None
     gain = evidence.get("relative_improvement")
+    if gain is not None and not math.isfinite(gain):  # a metric that overflowed is undefined too
+        gain = None
     if gain is not None and gain > 0:
         return group, None
     for r in rows:

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from grouping.catalog import MAX_ABS_LABEL
 from models.chemistry import ParsePolicy, parse_smiles
 from models.tabular import TableError, detect_smiles_column
 
 TASK_TYPE_CHOICES = ("auto", "classification", "regression")
-_UNNAMED = re.compile(r"^Unnamed: \d+$")  # pandas' name for a column with an empty header
+_UNNAMED = re.compile(r"^Unnamed: \d+(\.\d+)*$")  # pandas' names for columns with an empty header
 
 
 class TargetError(ValueError):
@@ -94,7 +95,7 @@ def read_csv_bytes(data: bytes, max_bytes: int, max_rows: int) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise TargetError(f"the file is not a readable CSV: {exc}", "file", 400) from exc
     header = _header_names(data)
-    repeated = sorted({name for name in header if header.count(name) > 1})
+    repeated = sorted({name for name in header if name and header.count(name) > 1})
     if repeated:
         raise TargetError(f"column name(s) {repeated} occur more than once in the header", "file", 422)
     if df.shape[1] < 2:
@@ -184,14 +185,13 @@ def parse_target(
             raise TargetError(
                 f"label column {col!r} is not numeric: row {first + 2} holds {raw.iloc[first]!r}", "targets"
             )
-        with np.errstate(over="ignore"):  # 1e39 overflows float32 to inf, reported below
-            column = values.to_numpy(dtype=np.float64).astype(np.float32)
-        infinite = np.isinf(column)
-        if infinite.any():
-            first = int(np.flatnonzero(infinite)[0])
+        column = values.to_numpy(dtype=np.float64)
+        out_of_range = np.abs(column) > MAX_ABS_LABEL  # inf too; NaN compares False
+        if out_of_range.any():
+            first = int(np.flatnonzero(out_of_range)[0])
             raise TargetError(
-                f"label column {col!r} must hold finite numbers (float32 range): row {first + 2} holds "
-                f"{raw.iloc[first]!r}",
+                f"label column {col!r} must hold finite numbers within ±{MAX_ABS_LABEL:g}: "
+                f"row {first + 2} holds {raw.iloc[first]!r}",
                 "targets",
             )
         y[:, j] = column

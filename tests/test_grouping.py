@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -160,9 +161,37 @@ def test_registration_refuses_sets_a_recommendation_could_not_use(tmp_path: Path
     skipped: dict[str, str] = {}
     feats = load_catalog_features(load_catalog(extra)[-1:], data_dir, None, None, None, skipped=skipped)
     assert feats == {} and "columns ['p_np'] not in good.csv" in skipped["good"]
+    rows = {r["dataset"]: r for r in check_catalog(load_catalog(extra)[-1:], data_dir)}
+    assert rows["good"]["status"] == "error"  # the listing reads the file, as a recommendation would
     extra.write_text("[1, 2]")
     with pytest.raises(CatalogError, match="must be a JSON object"):
         load_catalog(extra)
+
+
+def test_concurrent_registrations_keep_every_entry_and_each_name_once(tmp_path: Path, data_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from grouping.catalog import NameTakenError
+
+    extra = tmp_path / "user.json"
+    base = pd.read_csv(data_dir / "moleculenet" / "bbbp.csv").head(80)[["smiles", "p_np"]]
+    base.to_csv(tmp_path / "set.csv", index=False)
+
+    def register(name: str) -> str:
+        raw = {"name": name, "file": str(tmp_path / "set.csv"), "smiles_column": "smiles",
+               "label_columns": ["p_np"], "task_type": "classification"}
+        try:
+            register_dataset(extra, parse_entry(raw, "user"), data_dir)
+            return "ok"
+        except NameTakenError:
+            return "taken"
+
+    names = [f"set{i}" for i in range(6)] + ["same"] * 4
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = dict(zip(range(len(names)), pool.map(register, names), strict=True))
+    assert sorted(outcomes[i] for i in range(6, 10)) == ["ok", "taken", "taken", "taken"]
+    registered = [e.name for e in load_catalog(extra) if e.source == "user"]
+    assert sorted(registered) == sorted([f"set{i}" for i in range(6)] + ["same"])
 
 
 def test_datasets_cli_lists_checks_and_registers(tiny_env, data_dir: Path) -> None:
@@ -278,7 +307,7 @@ def test_target_validation_errors(bbbp_frame: pd.DataFrame) -> None:
 
 def test_target_rejects_infinite_labels_single_class_and_repeated_columns(bbbp_frame: pd.DataFrame) -> None:
     head = bbbp_frame.head(80).copy()
-    for bad in ("inf", "-Infinity", "1e400", "1e39"):  # the last one overflows float32 only
+    for bad in ("inf", "-Infinity", "1e400", "1e39", "1e20"):  # 1e20's square overflows float32
         df = head.copy()
         df["y"] = "1.5"
         df.loc[6, "y"] = bad
@@ -329,6 +358,10 @@ def test_target_file_forms_header_only_repeated_names_gzip_and_written_index(bbb
     assert err.value.status == 413
     indexed = head.to_csv().encode()  # pandas' default writes the index as a first, unnamed column
     assert _parse(indexed).label_columns == ["p_np"]
+    twice = pd.read_csv(io.BytesIO(indexed)).to_csv().encode()  # ",Unnamed: 0,..." -> "Unnamed: 0.1"
+    assert _parse(twice).label_columns == ["p_np"]
+    trailing = "\n".join(line + ",," for line in _csv(head).decode().splitlines()).encode()
+    assert _parse(trailing).label_columns == ["p_np"]  # two empty header cells are no repeated name
 
 
 def test_embedding_in_chunks_reports_progress_and_can_be_aborted(bbbp_frame, tiny_embedder) -> None:
@@ -674,7 +707,9 @@ def test_recommend_cli_writes_json_and_chart(
     before = target.read_bytes()
     # each refused before any work, naming the option, with the input left alone: the input itself, a
     # PNG (the chart's name), an existing folder, a folder that cannot be made (a file is in the way)
-    for path in (target, tmp_path / "r" / "chart.png", tmp_path / "r", tmp_path / "afile" / "r.json"):
+    (tmp_path / "r" / "c.png").mkdir()
+    for path in (target, tmp_path / "r" / "chart.png", tmp_path / "r", tmp_path / "afile" / "r.json",
+                 Path("."), tmp_path / "r" / "c.json"):  # the last one's chart path is a folder
         out = CliRunner().invoke(cli, ["recommend", str(target), "-o", str(path), "--method", "none"])
         assert out.exit_code == 2 and "--output" in out.output and "Traceback" not in out.output, out.output
     assert target.read_bytes() == before
@@ -710,6 +745,8 @@ def test_validation_check_withholds_a_group_that_does_not_help() -> None:
     unknown_rows = rows()
     group, withheld = apply_validation_check(unknown_rows, ["a"], {"relative_improvement": None})
     assert group == [] and withheld["group"] == ["a"] and "undefined" in withheld["reason"]
+    group, withheld = apply_validation_check(rows(), ["a"], {"relative_improvement": float("nan")})
+    assert group == [] and "undefined" in withheld["reason"]
     assert not any(r["selected"] for r in unknown_rows)
 
 

@@ -136,6 +136,28 @@ def test_upload_validation_errors(jobs_env: Settings, bbbp: pd.DataFrame) -> Non
         assert big.status_code == 413 and _field(big) == "file" and "MOLFUSION_UPLOAD_MAX_BYTES" in big.text
 
 
+def test_unreadable_user_catalog_is_503_not_an_upload_error(
+    jobs_env: Settings, bbbp: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "extra.json"
+    broken.write_text("{not json")
+    monkeypatch.setenv("MOLFUSION_CATALOG_EXTRA", str(broken))
+    get_settings.cache_clear()
+    with TestClient(make_app(get_settings())) as client:
+        for resp in (
+            client.post("/v1/recommendations", files={"file": ("t.csv", bbbp.head(80).to_csv(index=False))}),
+            client.get("/v1/datasets"),
+            client.post(
+                "/v1/datasets",
+                files={"file": ("d.csv", bbbp.head(80).to_csv(index=False))},
+                data={"name": "d", "smiles_column": "smiles", "label_columns": "p_np",
+                      "task_type": "classification"},
+            ),
+        ):
+            assert resp.status_code == 503 and "catalog unreadable" in resp.text, resp.text
+    get_settings.cache_clear()
+
+
 def test_recommendations_refuse_in_process_jobs_under_several_workers(jobs_env: Settings) -> None:
     """Each uvicorn worker process would hold its own in-process jobs: a job id posted to one would be
     unknown to the others. Without Redis and with several workers the job routes say so (503)."""

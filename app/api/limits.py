@@ -28,6 +28,7 @@ class BodySizeLimit:
         self.app = app
         self.default_max = max_bytes
         self.upload_max = (upload_max_bytes + self.MULTIPART_SLACK) if upload_max_bytes else max_bytes
+        self.upload_setting = upload_max_bytes or max_bytes  # the limit as configured, for messages
         self.upload_prefixes = upload_prefixes
 
     def _limit(self, scope: Scope) -> tuple[int, str]:
@@ -41,10 +42,13 @@ class BodySizeLimit:
     def _detail(self, scope: Scope, size: int | None, limit: int, setting: str) -> str | list[dict]:
         """The message; for uploads in the upload routes' own shape (``detail[0].loc`` names the file)."""
         got = f"{size} bytes" if size is not None else "more"
-        message = f"request body too large: {got} > {limit} bytes ({setting})"
         if self._is_upload(scope):
+            message = (
+                f"request body too large: {got} > {limit} bytes (the upload limit {self.upload_setting} "
+                f"bytes, {setting}, plus room for the multipart form)"
+            )
             return [{"loc": ["body", "file"], "msg": message, "type": "invalid_upload"}]
-        return message
+        return f"request body too large: {got} > {limit} bytes ({setting})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

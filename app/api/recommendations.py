@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,16 @@ async def get_jobs(request: Request) -> JobService:
     return service
 
 
+def _catalog(extra: Path) -> list:
+    """The catalog entries; 503 when the user catalog file is unreadable (an operator's problem)."""
+    from grouping.catalog import CatalogError, load_catalog
+
+    try:
+        return load_catalog(extra)
+    except CatalogError as exc:
+        raise HTTPException(503, detail=f"catalog unreadable: {exc}") from exc
+
+
 def _error(status_code: int, field: str, msg: str, kind: str = "invalid_upload") -> HTTPException:
     return HTTPException(status_code, detail=[{"loc": ["body", field], "msg": msg, "type": kind}])
 
@@ -135,7 +146,7 @@ async def submit_recommendation(
     exclude: str | None = Form(None, description="Comma-separated catalog sets to leave out."),
 ) -> JSONResponse:
     """Validate the upload and queue a recommendation job (202 + id)."""
-    from grouping.catalog import CatalogError, load_catalog, without
+    from grouping.catalog import CatalogError, without
     from grouping.methods import METHODS
     from grouping.target import TargetError
 
@@ -143,8 +154,9 @@ async def submit_recommendation(
     _require_shared_jobs(settings)
     if method not in METHODS:
         raise _error(422, "method", f"method {method!r} not in {list(METHODS)}")
+    entries = _catalog(extra_catalog_path(settings))
     try:
-        without(load_catalog(extra_catalog_path(settings)), _split_list(exclude) or [])
+        without(entries, _split_list(exclude) or [])
     except CatalogError as exc:
         raise _error(422, "exclude", str(exc)) from exc
     data = await _read_limited(file, settings.upload_max_bytes)
@@ -210,13 +222,10 @@ async def cancel_recommendation(job_id: str, request: Request) -> dict:
 @datasets_router.get("")
 async def list_datasets(request: Request) -> dict:
     """Catalog sets (shipped and user-registered), each with a check that its file and columns exist."""
-    from grouping.catalog import CatalogError, check_catalog, load_catalog
+    from grouping.catalog import check_catalog
 
     settings = _settings(request.app)
-    try:
-        entries = load_catalog(extra_catalog_path(settings))
-    except CatalogError as exc:
-        raise HTTPException(503, detail=f"catalog unreadable: {exc}") from exc
+    entries = _catalog(extra_catalog_path(settings))
     checks = await asyncio.to_thread(check_catalog, entries, settings.data_dir)
     return {
         "catalog_dir": str(settings.data_dir),
@@ -237,7 +246,7 @@ async def register_dataset_endpoint(
     task_type: str = Form(..., description="classification or regression."),
 ) -> dict:
     """Store the uploaded CSV and add it to the user catalog (409 when the name is taken)."""
-    from grouping.catalog import CatalogError, load_catalog, parse_entry, register_dataset
+    from grouping.catalog import CatalogError, NameTakenError, parse_entry, register_dataset
 
     settings = _settings(request.app)
     if not _SAFE_NAME.match(name):
@@ -245,7 +254,7 @@ async def register_dataset_endpoint(
             422, "name", f"name {name!r} must be lower-case letters, digits, '_', '-', '.' (<= 64)"
         )
     extra = extra_catalog_path(settings)
-    if any(e.name == name for e in load_catalog(extra)):
+    if any(e.name == name for e in _catalog(extra)):
         raise _error(409, "name", f"a data set named {name!r} is already in the catalog", "conflict")
     data = await _read_limited(file, settings.upload_max_bytes)
     labels = _split_list(label_columns)
@@ -254,7 +263,7 @@ async def register_dataset_endpoint(
     if not labels:
         raise _error(422, "label_columns", "give at least one label column")
     folder = user_datasets_dir(settings)
-    path = folder / f"{name}.csv"
+    path = folder / f"{name}-{uuid.uuid4().hex[:12]}.csv"  # concurrent uploads never share a file
     try:
         entry = parse_entry(
             {
@@ -269,6 +278,9 @@ async def register_dataset_endpoint(
         folder.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         entry = await asyncio.to_thread(register_dataset, extra, entry, settings.data_dir)
+    except NameTakenError as exc:  # registered meanwhile by a concurrent request
+        path.unlink(missing_ok=True)
+        raise _error(409, "name", str(exc), "conflict") from exc
     except CatalogError as exc:
         path.unlink(missing_ok=True)
         raise _error(422, "file", str(exc)) from exc

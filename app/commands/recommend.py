@@ -41,13 +41,15 @@ def _check_paths(target_csv: Path, output: Path) -> Path:
         raise _fail(f"input file not found: {target_csv}")
     if target_csv.is_dir():
         raise _fail(f"TARGET_CSV {target_csv} is a directory, not a CSV file")
+    if output.is_dir() or not output.name:
+        raise _fail(f"--output {output} is a directory; give a file path such as {output / 'result.json'}")
     chart = output.with_suffix(".png")
     if output.suffix.lower() == ".png":
         raise _fail(f"--output {output}: give the JSON's path; the chart is written next to it as .png")
     if target_csv.resolve() in (output.resolve(), chart.resolve()):
         raise _fail(f"--output {output} (or its chart {chart.name}) would overwrite the input {target_csv}")
-    if output.is_dir():
-        raise _fail(f"--output {output} is a directory; give a file path such as {output / 'result.json'}")
+    if chart.is_dir():
+        raise _fail(f"--output {output}: its chart's path {chart} is a directory")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -183,7 +185,7 @@ def register(cli: typer.Typer) -> None:
                 df,
                 target_csv.name.split(".")[0],
                 smiles_column,
-                [t.strip() for t in targets.split(",")] if targets else None,
+                [t.strip() for t in targets.split(",") if t.strip()] or None if targets else None,
                 task_type,
                 settings.upload_min_rows,
                 embedder.policy,
