@@ -68,6 +68,7 @@ from fusion.training import scaffold_split  # noqa: E402
 from grouping.catalog import load_catalog  # noqa: E402
 from grouping.evidence import TRANSFERS, fit_and_score, primary, relative_improvement  # noqa: E402
 from grouping.features import load_catalog_features  # noqa: E402
+from grouping.recommend import passes_check  # noqa: E402
 from grouping.routing import MolGroupConfig, route  # noqa: E402
 from grouping.similarity import nearest_neighbour_tanimoto  # noqa: E402
 
@@ -121,10 +122,8 @@ def parse_routing(text: str) -> tuple[str, dict]:
 DEFAULT_TARGETS = "bbbp,bace,clintox,esol,freesolv,lipophilicity,pampa,ppbr"
 
 
-def _better(a: float | None, b: float | None, metric: str) -> bool:
-    if a is None or b is None:
-        return False
-    return a > b if metric == "roc_auc" else a < b
+def _gain(value: float | None, baseline: float | None, metric: str) -> float | None:
+    return None if value is None or baseline is None else relative_improvement(value, baseline, metric)
 
 
 MODEL_SEED_STRIDE = 1000  # model seeds of one split: seed, seed + 1000, ... (k = 0 is the 1-seed protocol)
@@ -272,8 +271,8 @@ def evaluate_target(
                 )
             for config in ("structure", *routings):  # the group if it beats none on validation
                 checked = variant(config, weight, transfer)
-                if not _better(runs[checked]["val"][metric], runs["none"]["val"][metric], metric):
-                    checked = "none"
+                if not passes_check(_gain(runs[checked]["val"][metric], runs["none"]["val"][metric], metric)):
+                    checked = "none"  # the product's rule (grouping.recommend.apply_validation_check)
                 col = variant(f"{config}_checked", weight, transfer)
                 runs[col] = runs[checked]
                 groups[col] = groups[config if checked != "none" else "none"]
@@ -290,7 +289,7 @@ def evaluate_target(
                 checked_sets = {c: [candidates[g] for g in groups[c]] for c in ("structure", *routings)}
                 for config, gain in inner_gains(target, checked_sets, inner, held_out, alone, fit).items():
                     col = variant(f"{config}_nested", weight, transfer)
-                    keep = gain is not None and gain > 0
+                    keep = passes_check(gain)
                     gains[col] = gain
                     runs[col] = runs[variant(config, weight, transfer)] if keep else runs["none"]
                     groups[col] = groups[config] if keep else []

@@ -232,6 +232,19 @@ def catalog_features(
     return feats
 
 
+def _within_set(
+    progress: Callable[[str, float, int], None], name: str, index: int, total: int
+) -> Callable[[float], None]:
+    """Progress inside one set as ``progress(name, index + fraction, total)``; its end is reported by the
+    caller once the set is done."""
+
+    def report(fraction: float) -> None:
+        if fraction < 1.0:
+            progress(name, index + fraction, total)
+
+    return report
+
+
 def load_catalog_features(
     entries: list[CatalogEntry],
     catalog_dir: Path,
@@ -251,9 +264,7 @@ def load_catalog_features(
     out: dict[str, SetFeatures] = {}
     for i, entry in enumerate(entries):
         try:
-            within = None
-            if progress is not None:
-                within = lambda f, name=entry.name, i=i: progress(name, i + f, len(entries))  # noqa: E731
+            within = _within_set(progress, entry.name, i, len(entries)) if progress is not None else None
             out[entry.name] = catalog_features(
                 entry, catalog_dir, embedder, cache_dir, max_rows, seed, progress=within
             )

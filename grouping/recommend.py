@@ -66,6 +66,11 @@ def _phase(progress: Progress | None, start: float, end: float) -> Progress:
     return report
 
 
+def passes_check(gain: float | None) -> bool:
+    """The validation check's rule: a defined, finite, positive relative improvement over target alone."""
+    return gain is not None and math.isfinite(gain) and gain > 0
+
+
 def apply_validation_check(
     rows: list[dict], group: list[str], evidence: dict | None
 ) -> tuple[list[str], dict | None]:
@@ -86,13 +91,11 @@ def apply_validation_check(
     if not group or evidence is None:  # no group, or evidence switched off (evidence_seeds = 0)
         return group, None
     gain = evidence.get("relative_improvement")
-    if gain is not None and not math.isfinite(gain):  # a metric that overflowed is undefined too
-        gain = None
-    if gain is not None and gain > 0:
+    if passes_check(gain):
         return group, None
     for r in rows:
         r["selected"] = False
-    if gain is None:
+    if gain is None or not math.isfinite(gain):  # a metric that overflowed is undefined too
         reason = (
             f"target + {group} could not be checked: the validation metric is undefined (for ROC-AUC, "
             "the validation rows hold one class only); training on the target alone is recommended"
