@@ -38,6 +38,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 # Larger label values are refused in a target and count as missing in a catalog set: heads compute label
 # statistics in float32, whose squares overflow from about 1.8e19; no molecular property comes near it.
 MAX_ABS_LABEL = 1e12
+UNNAMED_COLUMN = re.compile(r"^Unnamed: \d+(\.\d+)*$")  # pandas' names for columns with an empty header
 MIN_USABLE_ROWS = 50  # a registered set needs this many rows with a valid SMILES and a label (as a target)
 
 
@@ -235,7 +236,7 @@ def resolve_label_columns(entry: CatalogEntry, columns: list[str]) -> list[str]:
     skip = {entry.smiles_column, *entry.exclude_columns}
     if entry.row_filter is not None:
         skip.add(entry.row_filter.column)
-    return [c for c in columns if c not in skip]
+    return [c for c in columns if c not in skip and not UNNAMED_COLUMN.match(c)]
 
 
 def existing_file(entry: CatalogEntry, catalog_dir: Path) -> Path:
@@ -337,6 +338,11 @@ def load_dataset(
         if not np.isin(present, (0.0, 1.0)).all():
             odd = present[~np.isin(present, (0.0, 1.0))][0]
             raise CatalogError(f"{entry.name}: classification labels must be 0/1; found {odd:g}")
+    empty = [c for j, c in enumerate(labels) if np.isnan(y[:, j]).all()]
+    if empty and len(empty) < len(labels):  # (no number in any column is reported just below)
+        raise CatalogError(
+            f"{entry.name}: label column(s) {empty[:10]} hold no number (within ±{MAX_ABS_LABEL:g})"
+        )
     keep = ~np.isnan(y).all(axis=1) & df[entry.smiles_column].notna().to_numpy()
     if not keep.any():
         raise CatalogError(f"{entry.name}: no row with a SMILES and a numeric label in {path.name}")

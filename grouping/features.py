@@ -22,7 +22,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdFingerprintGenerator
 
-from grouping.catalog import CatalogEntry, CatalogError, check_entry, load_dataset
+from grouping.catalog import MAX_ABS_LABEL, CatalogEntry, CatalogError, check_entry, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,8 @@ def _usable(entry: CatalogEntry, feats: SetFeatures) -> SetFeatures:
     before those checks existed): at least one molecule, classification labels 0/1."""
     if not len(feats):
         raise CatalogError(f"{entry.name}: none of its rows has a valid SMILES and a label")
+    out_of_range = np.abs(feats.labels) > MAX_ABS_LABEL  # as load_dataset does (caches from before it)
+    feats.labels = np.where(out_of_range, np.nan, feats.labels).astype(np.float32, copy=False)
     present = feats.labels[~np.isnan(feats.labels)]
     if entry.task_type == "classification" and not np.isin(present, (0.0, 1.0)).all():
         raise CatalogError(f"{entry.name}: classification labels must be 0/1")

@@ -15,18 +15,16 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from grouping.catalog import MAX_ABS_LABEL
+from grouping.catalog import MAX_ABS_LABEL, UNNAMED_COLUMN
 from models.chemistry import ParsePolicy, parse_smiles
 from models.tabular import TableError, detect_smiles_column
 
 TASK_TYPE_CHOICES = ("auto", "classification", "regression")
-_UNNAMED = re.compile(r"^Unnamed: \d+(\.\d+)*$")  # pandas' names for columns with an empty header
 
 
 class TargetError(ValueError):
@@ -126,7 +124,7 @@ def _label_columns(df: pd.DataFrame, smiles_column: str, targets: list[str] | No
         return targets
     numeric = []
     for col in df.columns:
-        if col == smiles_column or _UNNAMED.match(str(col)):  # a written-out pandas index is no label
+        if col == smiles_column or UNNAMED_COLUMN.match(str(col)):  # a written-out pandas index is no label
             continue
         values = pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
         if values.notna().any() and values.notna().sum() == (df[col] != "").sum():

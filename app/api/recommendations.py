@@ -284,4 +284,8 @@ async def register_dataset_endpoint(
     except CatalogError as exc:
         path.unlink(missing_ok=True)
         raise _error(422, "file", str(exc)) from exc
+    except OSError as exc:  # the user folder, catalog or lock file cannot be written: the operator's side
+        path.unlink(missing_ok=True)
+        detail = f"cannot store the data set: {exc} (MOLFUSION_CATALOG_EXTRA)"
+        raise HTTPException(503, detail=detail) from exc
     return entry.to_json()

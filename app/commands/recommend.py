@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -35,14 +36,15 @@ _CLI_NAMES = {
 }
 
 
-def _check_paths(target_csv: Path, output: Path) -> Path:
-    """Check the input and output paths before any work; returns the chart's path (next to the JSON)."""
+def _check_paths(target_csv: Path, output_text: str) -> tuple[Path, Path]:
+    """Check the input and output paths before any work; returns the JSON's and the chart's paths."""
     if not target_csv.exists():
         raise _fail(f"input file not found: {target_csv}")
     if target_csv.is_dir():
         raise _fail(f"TARGET_CSV {target_csv} is a directory, not a CSV file")
-    if output.is_dir() or not output.name:
-        raise _fail(f"--output {output} is a directory; give a file path such as {output / 'result.json'}")
+    output = Path(output_text)
+    if output.is_dir() or not output.name or output_text.endswith(("/", os.sep)):  # Path() drops a "/"
+        raise _fail(f"--output {output_text} names a directory; give a file path like {output / 'r.json'}")
     chart = output.with_suffix(".png")
     if output.suffix.lower() == ".png":
         raise _fail(f"--output {output}: give the JSON's path; the chart is written next to it as .png")
@@ -54,7 +56,7 @@ def _check_paths(target_csv: Path, output: Path) -> Path:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _fail(f"--output {output}: cannot create its folder ({exc})") from exc
-    return chart
+    return output, chart
 
 
 datasets_app = typer.Typer(
@@ -131,6 +133,8 @@ def datasets_register(
         entry = register_dataset(extra, parse_entry(raw, source="user"), settings.data_dir)
     except CatalogError as exc:
         raise _fail(str(exc)) from exc
+    except OSError as exc:  # the user catalog's folder or lock file cannot be made or opened
+        raise _fail(f"cannot write the user catalog {extra} (MOLFUSION_CATALOG_EXTRA): {exc}") from exc
     typer.echo(f"registered {entry.name} ({len(entry.label_columns or [])} label column(s)) in {extra}")
 
 
@@ -142,7 +146,7 @@ def register(cli: typer.Typer) -> None:
         target_csv: Path = typer.Argument(
             ..., help="Target data set: CSV with SMILES and label column(s)."
         ),
-        output: Path = typer.Option(
+        output_text: str = typer.Option(
             ..., "-o", "--output", help="Result JSON (a bar chart PNG is written next to it)."
         ),
         targets: str | None = typer.Option(
@@ -170,7 +174,7 @@ def register(cli: typer.Typer) -> None:
         settings = get_settings()
         if method not in METHODS:
             raise typer.BadParameter(f"{method!r} not in {list(METHODS)}", param_hint="--method")
-        chart_path = _check_paths(target_csv, output)
+        output, chart_path = _check_paths(target_csv, output_text)
         skip = [s.strip() for s in (exclude or "").split(",") if s.strip()]
         try:
             without(_catalog_entries(), skip)
