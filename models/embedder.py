@@ -27,6 +27,7 @@ import torch
 from models.chemistry import ParsePolicy, parse_smiles
 from models.embedding_cache import VectorCache, cache_key
 from models.featurizer import (
+    FEATURIZER_REVISION,
     PARALLEL_THRESHOLD,
     MolGraph,
     collate_graphs,
@@ -261,7 +262,9 @@ class Embedder:
     def _vectors(self, view: str, unique: list[str], mols: dict, graphs: dict[str, MolGraph]) -> np.ndarray:
         encoder = self.smiles if view == "smiles" else self.graph
         table = np.empty((len(unique), encoder.dim), dtype=np.float32)
-        keys = [cache_key(encoder.version, c) for c in unique]
+        # graph vectors also depend on the featurizer (FEATURIZER_REVISION): older ones are not reused
+        tag = encoder.version if view == "smiles" else f"{encoder.version}.f{FEATURIZER_REVISION}"
+        keys = [cache_key(tag, c) for c in unique]
         cached = self.cache.get_many(keys) if self.cache is not None and unique else [None] * len(unique)
         missing = [j for j, vec in enumerate(cached) if vec is None or vec.shape != (encoder.dim,)]
         for j, vec in enumerate(cached):
