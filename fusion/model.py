@@ -112,6 +112,7 @@ class TrainedModel:
         )
         full_card = {**base_card(self), **(card or {})}
         (tmp / CARD_FILE).write_text(json.dumps(full_card, indent=2, default=_json_default) + "\n")
+        check_replaceable(directory)
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)
@@ -140,6 +141,15 @@ class TrainedModel:
         scaler = LabelScaler.from_json(json.loads((directory / LABELS_FILE).read_text()), config["tasks"])
         return cls(
             head, config["tasks"], config["task_types"], pre, predictor, scaler, config["hyperparameters"]
+        )
+
+
+def check_replaceable(directory: Path) -> None:
+    """A head is saved over ``directory`` only when it is missing, empty or a head (it holds the card):
+    anything else (e.g. the folder holding the training data) raises :class:`FileExistsError`."""
+    if directory.exists() and not (directory / CARD_FILE).exists() and any(directory.iterdir()):
+        raise FileExistsError(
+            f"{directory} exists and is not a head directory (no {CARD_FILE}); refusing to replace it"
         )
 
 

@@ -56,8 +56,15 @@ def resolve_smiles_column(path: Path, smiles_column: str | None) -> str:
 
 
 def iter_chunks(path: Path, chunk_size: int, usecols: list[str] | None = None) -> Iterator[pd.DataFrame]:
-    """Stream a CSV (optionally gzipped) in chunks; never loads the whole file."""
-    yield from pd.read_csv(path, chunksize=chunk_size, usecols=usecols, dtype=str, keep_default_na=False)
+    """Stream a CSV (optionally gzipped) in chunks; never loads the whole file.
+
+    Blank lines are rows (of empty cells), so output rows stay aligned with the input's lines: a blank
+    line in a one-column file is an empty SMILES, as an empty cell is in a wider file."""
+    chunks = pd.read_csv(
+        path, chunksize=chunk_size, usecols=usecols, dtype=str, keep_default_na=False, skip_blank_lines=False
+    )
+    for chunk in chunks:
+        yield chunk.fillna("")
 
 
 def count_rows(path: Path) -> int | None:

@@ -362,3 +362,18 @@ def test_body_limit_names_the_file_for_uploads_as_the_upload_routes_do():
         assert detail[0]["loc"] == ["body", "file"] and "MOLFUSION_UPLOAD_MAX_BYTES" in detail[0]["msg"]
         r = c.post("/v1/embed", content=b"x" * 101)
         assert r.status_code == 413 and "MOLFUSION_MAX_REQUEST_BYTES" in r.json()["detail"]
+
+
+def test_inputs_json_cannot_carry_get_a_422_not_a_500(client):
+    """NaN / Infinity (Python's json accepts them) and lone surrogates in a request: the validation
+    error echoes the input, which strict JSON cannot hold; the reply is still a 422 naming the field."""
+    bodies = [
+        ("/v1/predict", b'{"smiles": ["CCO"], "properties": [NaN]}', "properties"),
+        ("/v1/embed", b'{"smiles": [Infinity]}', "smiles"),
+        ("/v1/predict", b'{"smiles": [NaN]}', "smiles"),
+        ("/v1/embed", b'{"smiles": [1, "\\ud800"], "views": [-Infinity]}', "smiles"),
+    ]
+    for path, body, field in bodies:
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (path, body, r.status_code, r.text[:300])
+        assert any(field in d["loc"] for d in r.json()["detail"]), r.text[:300]

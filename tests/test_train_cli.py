@@ -160,3 +160,34 @@ def test_bad_input_exits_2_and_names_the_problem(tiny_env, bbbp_csv: Path, tmp_p
     pd.DataFrame({"smiles": ["CCO"] * 20, "y": ["1.5"] * 19 + ["high"]}).to_csv(bad, index=False)
     res = CliRunner().invoke(cli, ["train", str(bad), "--targets", "y", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "'y'" in res.output and "row 21" in res.output
+
+
+def test_commands_keep_their_inputs_and_check_sizes_and_params(tiny_env, bbbp_csv: Path, tmp_path) -> None:
+    """Outputs never overwrite the input or a folder that is not a head; sizes and parameter types are
+    checked before any work."""
+    data = tmp_path / "proj" / "data.csv"
+    data.parent.mkdir()
+    data.write_bytes(bbbp_csv.read_bytes())
+    (data.parent / "notes.txt").write_text("keep me")
+    before = data.read_bytes()
+    for args in (
+        ["embed", str(data), "-o", str(data)],
+        ["predict", str(data), "--head", "bbbp", "-o", str(data)],
+        ["embed", str(data), "-o", str(tmp_path / "e.parquet"), "--chunk-size", "0"],
+        ["embed", str(data), "-o", str(tmp_path / "e.parquet"), "--batch-size", "0"],
+        ["train", str(data), "--targets", "p_np", "--out", str(data.parent)],  # not a head: refused
+        ["train", str(data), "--targets", "p_np", "--out", str(tmp_path / "h"), "--param", "epochs=abc"],
+    ):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 2 and "Traceback" not in res.output, (args, res.output)
+    assert data.read_bytes() == before and (data.parent / "notes.txt").exists()
+    assert "epochs" in res.output and "int" in res.output
+
+
+def test_blank_lines_are_rows_so_outputs_stay_aligned(tmp_path: Path) -> None:
+    from models.tabular import count_rows, iter_chunks
+
+    one_column = tmp_path / "one.csv"
+    one_column.write_text("smiles\nCCO\n\nc1ccccc1O\nCCN\n")
+    rows = pd.concat(iter_chunks(one_column, 2))["smiles"].tolist()
+    assert rows == ["CCO", "", "c1ccccc1O", "CCN"] and count_rows(one_column) == len(rows)

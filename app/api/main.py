@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from app.api import embeddings, health, info, predictions, properties, recommendations
@@ -59,6 +62,15 @@ async def _optional_lifespan(lifespan, app: FastAPI, component: str) -> AsyncIte
         yield
     finally:
         await context.__aexit__(None, None, None)
+
+
+def _json_safe(value: object) -> object:
+    """``value`` when strict JSON (no NaN/Infinity, valid UTF-8) can carry it, else its repr."""
+    try:
+        json.dumps(value, allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError, UnicodeEncodeError):
+        return repr(value)[:500]
+    return value
 
 
 def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
@@ -112,6 +124,13 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, with inputs that JSON cannot carry (NaN, Infinity, lone surrogates) echoed
+        as their repr: the default handler failed on them with a 500."""
+        detail = [{**error, "input": _json_safe(error.get("input"))} for error in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
 
     @app.exception_handler(NotReadyError)
     async def _not_ready(request: Request, exc: NotReadyError) -> JSONResponse:

@@ -107,11 +107,16 @@ def register(cli: typer.Typer) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Output Parquet file."),
         smiles_column: str | None = typer.Option(None, help="SMILES column (auto-detected when omitted)."),
         views: str = typer.Option("smiles,graph,fused", help="Comma-separated views: smiles, graph, fused."),
-        batch_size: int | None = typer.Option(None, help="Molecules per encoder pass (default: settings)."),
-        chunk_size: int = typer.Option(20_000, help="Rows read and embedded per chunk."),
+        batch_size: int | None = typer.Option(
+            None, min=1, help="Molecules per encoder pass (default: settings)."
+        ),
+        chunk_size: int = typer.Option(20_000, min=1, help="Rows read and embedded per chunk."),
     ) -> None:
         """Embed every row of INPUT_CSV; one output row per input row, invalid ones with a reason."""
+        from app.file_checks import refuse_overwriting_input
         from models.embedder import validate_views
+
+        refuse_overwriting_input(input_csv, output)
 
         try:
             view_list = list(validate_views([v.strip() for v in views.split(",") if v.strip()]))

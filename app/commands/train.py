@@ -118,7 +118,7 @@ def register(cli: typer.Typer) -> None:
             ..., help="Labelled CSV with a SMILES column and the target columns."
         ),
         targets: str = typer.Option(..., help="Comma-separated label column(s)."),
-        out: Path = typer.Option(..., "--out", help="Output head directory (replaced if it exists)."),
+        out: Path = typer.Option(..., "--out", help="Output head directory (replaced if it is a head)."),
         task: str | None = typer.Option(
             None,
             help="classification | regression; default: inferred per column (only 0/1 -> classification).",
@@ -136,6 +136,7 @@ def register(cli: typer.Typer) -> None:
     ) -> None:
         """Train a head on DATA_CSV; the seed with the best validation metric is saved to --out."""
         from fusion.fusions import FUSIONS
+        from fusion.model import check_replaceable
         from fusion.predictors import HEADS
         from fusion.splits import SPLITS
         from fusion.training import LabelTableError, train_from_table
@@ -150,6 +151,12 @@ def register(cli: typer.Typer) -> None:
         if task is not None and task not in ("classification", "regression"):
             raise typer.BadParameter(f"{task!r} is not classification or regression", param_hint="--task")
         hparams = parse_params(param)
+        try:
+            check_replaceable(out)
+        except FileExistsError as exc:
+            raise _fail(f"--out: {exc}") from exc
+        if out.exists() and data_csv.resolve().is_relative_to(out.resolve()):
+            raise _fail(f"--out {out} holds the training data {data_csv}; saving the head would delete it")
         target_list = _split_list(targets)
         unit_list = _split_list(units) if units else None
         from app.factory import build_embedder
@@ -198,6 +205,9 @@ def register(cli: typer.Typer) -> None:
     ) -> None:
         """Predict every row of INPUT_CSV with a head; invalid SMILES get an empty prediction and a reason."""
         from app.factory import build_embedder
+        from app.file_checks import refuse_overwriting_input
+
+        refuse_overwriting_input(input_csv, output)
         from fusion.registry import UnknownHeadError
 
         try:

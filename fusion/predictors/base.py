@@ -29,7 +29,27 @@ def parse_params(cls: type, raw: dict[str, Any], head: str) -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ValueError(f"unknown hyper-parameter(s) {unknown} for head {head!r}; valid: {sorted(names)}")
+    defaults = cls()
+    for name, value in raw.items():
+        want = type(getattr(defaults, name))
+        if not _of_type(value, want):
+            raise ValueError(
+                f"hyper-parameter {name!r} of head {head!r} must be {want.__name__}, got {value!r}"
+            )
     return cls(**raw)
+
+
+def _of_type(value: object, want: type) -> bool:
+    """Whether ``value`` fits a field whose default is of type ``want`` (an int fits a float field)."""
+    if want is bool:
+        return isinstance(value, bool)
+    if want is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if want is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if want in (list, tuple):
+        return isinstance(value, list | tuple)
+    return want is type(None) or isinstance(value, want)
 
 
 @dataclasses.dataclass
