@@ -205,8 +205,7 @@ def register_dataset(extra: Path, entry: CatalogEntry, catalog_dir: Path) -> Cat
     """
     if any(e.name == entry.name for e in load_catalog(extra)):  # fail fast, before reading the file
         raise NameTakenError(f"a data set named {entry.name!r} is already in the catalog")
-    check_entry(entry, catalog_dir)
-    check_usable(entry, catalog_dir)
+    check_usable(entry, catalog_dir)  # reads the file through load_dataset, which checks its columns too
     with _locked(extra):
         if any(e.name == entry.name for e in load_catalog(extra)):
             raise NameTakenError(f"a data set named {entry.name!r} is already in the catalog")

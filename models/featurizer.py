@@ -158,7 +158,7 @@ def mols_to_packed(mols: Sequence[Chem.Mol], canonical: Sequence[str | None] | N
     rows = _ChunkRows()
     for i, mol in enumerate(mols):
         texts = (None, None) if canonical is None or sources is None else (canonical[i], sources[i])
-        rows.add(_in_canonical_order(mol, texts[0]), _Reads.from_texts(*texts))
+        rows.add(mol, *texts)
     return rows.pack()
 
 
@@ -196,8 +196,7 @@ def featurize_packed(
         canonical.append(parsed.canonical)
         errors.append(parsed.error)
         if graphs and parsed.mol is not None:
-            mol = _in_canonical_order(parsed.mol, parsed.canonical)
-            rows.add(mol, _Reads.from_texts(parsed.canonical, parsed.input))
+            rows.add(parsed.mol, parsed.canonical, parsed.input)
     return canonical, errors, rows.pack()
 
 
@@ -276,7 +275,11 @@ class _ChunkRows:
     any_signed: bool = False  # some atom values were read that can be negative (charge, chirality)
     any_dative: bool = False  # some bond-type codes are enum values
 
-    def add(self, mol: Chem.Mol, reads: _Reads) -> None:
+    def add(self, mol: Chem.Mol, canonical: str | None, source: str | None) -> None:
+        """One molecule; its texts (both or neither) decide what is read (:class:`_Reads`) and, with
+        ``canonical``, whether it is featurized in canonical atom order (:func:`_in_canonical_order`)."""
+        reads = _Reads.from_texts(canonical, source)
+        mol = _in_canonical_order(mol, canonical)
         # Atoms and bonds by index: RDKit's ``GetAtoms()``/``GetBonds()`` are pure-Python iterators
         # (several Python calls and two extra RDKit calls per item), about 1 us per item more.
         n_atoms, n_bonds = mol.GetNumAtoms(), mol.GetNumBonds()

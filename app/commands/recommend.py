@@ -10,6 +10,7 @@ import typer
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from app.file_checks import refuse_overwriting_input
 from app.settings import get_settings
 
 
@@ -48,10 +49,8 @@ def _check_paths(target_csv: Path, output_text: str) -> tuple[Path, Path]:
     chart = output.with_suffix(".png")
     if output.suffix.lower() == ".png":
         raise _fail(f"--output {output}: give the JSON's path; the chart is written next to it as .png")
-    if target_csv.resolve() in (output.resolve(), chart.resolve()):
-        raise _fail(f"--output {output} (or its chart {chart.name}) would overwrite the input {target_csv}")
-    if chart.is_dir():
-        raise _fail(f"--output {output}: its chart's path {chart} is a directory")
+    refuse_overwriting_input(target_csv, output)
+    refuse_overwriting_input(target_csv, chart, "--output's chart")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -176,8 +175,9 @@ def register(cli: typer.Typer) -> None:
             raise typer.BadParameter(f"{method!r} not in {list(METHODS)}", param_hint="--method")
         output, chart_path = _check_paths(target_csv, output_text)
         skip = [s.strip() for s in (exclude or "").split(",") if s.strip()]
+        entries = _catalog_entries()
         try:
-            without(_catalog_entries(), skip)
+            without(entries, skip)  # checked before any work; recommend() applies it
         except CatalogError as exc:
             raise _fail(f"--exclude: {exc}") from exc
         embedder = shared_embedder()
@@ -209,7 +209,7 @@ def register(cli: typer.Typer) -> None:
             try:
                 result = recommend(
                     target,
-                    _catalog_entries(),
+                    entries,
                     catalog or settings.data_dir,
                     embedder,
                     grouping_cache_dir(settings),

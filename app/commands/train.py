@@ -206,9 +206,9 @@ def register(cli: typer.Typer) -> None:
         """Predict every row of INPUT_CSV with a head; invalid SMILES get an empty prediction and a reason."""
         from app.factory import build_embedder
         from app.file_checks import refuse_overwriting_input
+        from fusion.registry import UnknownHeadError
 
         refuse_overwriting_input(input_csv, output)
-        from fusion.registry import UnknownHeadError
 
         try:
             loaded = resolve_head(head)
