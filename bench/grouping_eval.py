@@ -158,12 +158,13 @@ def _mean_scored(values: list[float | None]) -> float | None:
 
 
 class _CachedOnly:
-    """Stands in for the embedder when every feature must come from the cache of given encoder versions."""
+    """Stands in for the embedder when every feature must come from the cache of given vector versions
+    (``Embedder.vector_versions``)."""
 
     device = "cpu (features from cache)"
 
     def __init__(self, versions: dict[str, str]) -> None:
-        self.versions = versions
+        self.versions = self.vector_versions = versions
 
     def embed(self, smiles, views=()):
         raise RuntimeError(f"catalog features for encoders {self.versions} are not in the cache")
@@ -627,7 +628,8 @@ def main() -> None:
     parser.add_argument(
         "--cached-versions",
         default=None,
-        help='JSON {"smiles": V, "graph": V}: use catalog features cached for these encoder versions only',
+        help='JSON {"smiles": V, "graph": V}: use catalog features cached for these vector versions only '
+        "(Embedder.vector_versions: the graph one ends in .f<featurizer revision>)",
     )
     parser.add_argument(
         "--export-subsample",

@@ -82,13 +82,14 @@ def load_dataset(name: str, data_dir: Path, max_rows: int | None = None, seed: i
 
 
 def cached_views(dataset: Dataset, embedder, cache_dir: Path, progress: bool = True) -> dict[str, np.ndarray]:
-    """``{"smiles": [N, d_s], "graph": [N, d_g]}`` for the dataset's molecules, embedded once per encoder
-    version and stored as ``<cache_dir>/<dataset>/<view>-<encoder version>.npy`` (only missing views are
-    computed; ``meta-<view>-<version>.json`` records the rows and the seconds it took)."""
+    """``{"smiles": [N, d_s], "graph": [N, d_g]}`` for the dataset's molecules, embedded once per vector
+    version (``Embedder.vector_versions``) and stored as ``<cache_dir>/<dataset>/<view>-<version>.npy``
+    (only missing views are computed; ``meta-<view>-<version>.json`` records the rows and the seconds it
+    took)."""
     from fusion.training import embed_smiles
 
     folder = cache_dir / dataset.name
-    paths = {v: folder / f"{v}-{embedder.versions[v]}.npy" for v in ("smiles", "graph")}
+    paths = {v: folder / f"{v}-{embedder.vector_versions[v]}.npy" for v in ("smiles", "graph")}
     views = {v: np.load(p) for v, p in paths.items() if p.exists()}
     views = {v: a for v, a in views.items() if len(a) == len(dataset.smiles)}
     missing = tuple(v for v in paths if v not in views)
@@ -107,11 +108,11 @@ def cached_views(dataset: Dataset, embedder, cache_dir: Path, progress: bool = T
         np.save(paths[v], fresh[v])
         meta = {
             "view": v,
-            "version": embedder.versions[v],
+            "version": embedder.vector_versions[v],
             "rows": len(dataset.smiles),
             "views_embedded": missing,
             "seconds": seconds,
             "device": str(embedder.device),
         }
-        (folder / f"meta-{v}-{embedder.versions[v]}.json").write_text(json.dumps(meta))
+        (folder / f"meta-{v}-{embedder.vector_versions[v]}.json").write_text(json.dumps(meta))
     return {**views, **fresh}

@@ -1,10 +1,11 @@
 """Per-molecule features for grouping: fused embeddings (the service's :class:`~models.embedder.Embedder`)
 and Morgan fingerprints, with an on-disk cache for catalog sets.
 
-Catalog sets are embedded once per encoder version pair and subsample: ``<cache>/<key>/<name>.npz``
+Catalog sets are embedded once per vector version pair and subsample: ``<cache>/<name>-<key>.npz``
 holds canonical SMILES, labels, the fused embedding matrix and packed fingerprint bits, where ``key``
-hashes the encoder versions, the file's size and mtime, the subsample size and its seed. Rows whose
-SMILES the embedder rejects are dropped before caching.
+hashes ``Embedder.vector_versions`` (encoder versions and featurizer revision), the file's size and
+mtime, the subsample size and its seed. Rows whose SMILES the embedder rejects are dropped before
+caching.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def catalog_features(
     check_entry(entry, catalog_dir)  # missing file or columns: a CatalogError, before the cache is read
     file = None
     if cache_dir is not None:
-        key = cache_key(entry, catalog_dir, embedder.versions, max_rows, seed)
+        key = cache_key(entry, catalog_dir, embedder.vector_versions, max_rows, seed)
         file = cache_dir / f"{entry.name}-{key}.npz"
         if file.exists():
             with np.load(file, allow_pickle=False) as z:
@@ -215,7 +216,7 @@ def catalog_features(
                 "task_types": feats.task_types,
                 "label_columns": feats.label_columns,
                 "total_rows": feats.total_rows,
-                "versions": embedder.versions,
+                "versions": embedder.vector_versions,
                 "smiles_dim": feats.smiles_dim,
             }
         )

@@ -206,7 +206,16 @@ class Embedder:
 
     @property
     def versions(self) -> dict[str, str]:
+        """The encoders' versions (their weights), per view: what a head records and is checked against."""
         return {"smiles": self.smiles.version, "graph": self.graph.version}
+
+    @property
+    def vector_versions(self) -> dict[str, str]:
+        """What a stored vector depends on, per view: the encoder's version, and for the graph view also the
+        featurizer's revision (``<version>.f<FEATURIZER_REVISION>``). Every store of vectors is keyed by
+        these (the embedding cache, catalog features, dataset ``.npy`` files), so vectors made by an older
+        featurizer are never reused."""
+        return {"smiles": self.smiles.version, "graph": f"{self.graph.version}.f{FEATURIZER_REVISION}"}
 
     @property
     def dims(self) -> dict[str, int]:
@@ -262,9 +271,7 @@ class Embedder:
     def _vectors(self, view: str, unique: list[str], mols: dict, graphs: dict[str, MolGraph]) -> np.ndarray:
         encoder = self.smiles if view == "smiles" else self.graph
         table = np.empty((len(unique), encoder.dim), dtype=np.float32)
-        # graph vectors also depend on the featurizer (FEATURIZER_REVISION): older ones are not reused
-        tag = encoder.version if view == "smiles" else f"{encoder.version}.f{FEATURIZER_REVISION}"
-        keys = [cache_key(tag, c) for c in unique]
+        keys = [cache_key(self.vector_versions[view], c) for c in unique]
         cached = self.cache.get_many(keys) if self.cache is not None and unique else [None] * len(unique)
         missing = [j for j, vec in enumerate(cached) if vec is None or vec.shape != (encoder.dim,)]
         for j, vec in enumerate(cached):

@@ -580,6 +580,50 @@ def test_catalog_features_are_cached(small_catalog, data_dir: Path, tiny_embedde
         )
 
 
+class _CountingEmbedder:
+    """The tiny embedder, counting its ``embed`` calls."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def embed(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner.embed(*args, **kwargs)
+
+
+def test_stored_vectors_follow_the_featurizer_revision(
+    data_dir: Path, tiny_embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catalog features and dataset .npy files made by an older featurizer are not reused: both stores are
+    keyed by ``Embedder.vector_versions``, whose graph part names the featurizer revision."""
+    from fusion.datasets import cached_views
+    from fusion.datasets import load_dataset as load_benchmark_set
+
+    entry = next(e for e in load_catalog() if e.name == "esol")
+    dataset = load_benchmark_set("esol", data_dir, max_rows=40)
+    counting = _CountingEmbedder(tiny_embedder)
+
+    def store_both() -> None:
+        load_catalog_features([entry], data_dir, counting, tmp_path / "catalog", max_rows=40)
+        cached_views(dataset, counting, tmp_path / "views", progress=False)
+
+    store_both()
+    assert counting.calls == 2
+    store_both()  # both read from their stores
+    assert counting.calls == 2
+    revision = int(tiny_embedder.vector_versions["graph"].rsplit(".f", 1)[1])
+    monkeypatch.setattr("models.embedder.FEATURIZER_REVISION", revision + 1)
+    assert tiny_embedder.vector_versions["graph"].endswith(f".f{revision + 1}")
+    assert tiny_embedder.vector_versions["smiles"] == tiny_embedder.versions["smiles"]
+    store_both()  # a new featurizer: both embed again
+    assert counting.calls == 4
+    assert len(list((tmp_path / "catalog").glob("*.npz"))) == 2
+    assert len(list((tmp_path / "views" / dataset.name).glob("graph-*.npy"))) == 2
+
+
 def test_score_candidates_each_method(small_catalog, bbbp_frame: pd.DataFrame, tiny_embedder) -> None:
     from grouping.recommend import target_features
 
