@@ -1,9 +1,11 @@
 """The model card (``card.json``) written next to every head artifact.
 
 Fields: ``name``, ``tasks``, ``task_types``, ``units``, ``head``, ``fusion``, ``views``,
-``hyperparameters``, ``encoder_versions`` (the encoders whose embeddings the head was trained on),
-``training_data`` (file name, sha256, rows), ``split``, ``seeds``, ``selected_seed``, ``metrics``
-(per split: mean ± std over seeds and every seed's values) and ``format_version``.
+``hyperparameters``, ``encoder_versions`` (the encoders whose embeddings the head was trained on; a
+served head is checked against them), ``vector_versions`` (the same, with the featurizer revision of
+the graph vectors: ``Embedder.vector_versions``), ``training_data`` (file name, sha256, rows),
+``split``, ``seeds``, ``selected_seed``, ``metrics`` (per split: mean ± std over seeds and every seed's
+values) and ``format_version``.
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ def train_default(name: str, data_dir: Path, cache: Path, out_root: Path, embedd
         name=name,
         units=ds.units,
         encoder_versions=dict(embedder.versions),
+        vector_versions=dict(embedder.vector_versions),
         training_data=training_data,
         split="scaffold",
     )

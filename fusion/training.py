@@ -356,6 +356,7 @@ def train_from_table(
         name=name or Path(out).name,
         units=list(units) if units is not None else [None] * len(targets),
         encoder_versions=dict(embedder.versions),
+        vector_versions=dict(embedder.vector_versions),
         training_data={
             "file": path.name,
             "sha256": file_sha256(path),
@@ -377,6 +378,7 @@ def seed_runs_card(
     name: str,
     units: list[str | None],
     encoder_versions: dict[str, str],
+    vector_versions: dict[str, str],
     training_data: dict,
     split: str,
 ) -> dict:
@@ -385,6 +387,7 @@ def seed_runs_card(
         "name": name,
         "units": units,
         "encoder_versions": encoder_versions,
+        "vector_versions": vector_versions,
         "training_data": training_data,
         "split": {"method": split, "fractions": [0.8, 0.1, 0.1], "sizes_per_seed": runs.splits},
         "seeds": list(runs.models),

@@ -89,9 +89,13 @@ def read_csv_bytes(data: bytes, max_bytes: int, max_rows: int) -> pd.DataFrame:
     if b"\x00" in data[:4096]:
         raise TargetError("the file is not a CSV (binary content)", "file", 400)
     try:
-        df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise TargetError(f"the file is not a readable CSV: {exc}", "file", 400) from exc
+    # Rows without any content (blank lines, ",,") hold no data and are dropped; the index keeps each
+    # row's place in the file, so messages name the file's line (``index + 2``, the header is line 1).
+    blank = (df.apply(lambda column: column.str.strip()) == "").all(axis=1)
+    df = df[~blank.to_numpy()]
     header = _header_names(data)
     repeated = sorted({name for name in header if name and header.count(name) > 1})
     if repeated:
@@ -173,6 +177,7 @@ def parse_target(
                 str(exc).replace("pass --smiles-column", "name it (smiles_column)"), "smiles_column"
             ) from exc
     labels = _label_columns(df, smiles_column, targets)
+    line = df.index.to_numpy() + 2  # each row's line in the file (read_csv_bytes keeps the index)
     y = np.empty((len(df), len(labels)), dtype=np.float32)
     for j, col in enumerate(labels):
         raw = df[col].astype(str).str.strip()
@@ -181,7 +186,7 @@ def parse_target(
         if bad.any():
             first = int(np.flatnonzero(bad.to_numpy())[0])
             raise TargetError(
-                f"label column {col!r} is not numeric: row {first + 2} holds {raw.iloc[first]!r}", "targets"
+                f"label column {col!r} is not numeric: row {line[first]} holds {raw.iloc[first]!r}", "targets"
             )
         column = values.to_numpy(dtype=np.float64)
         out_of_range = np.abs(column) > MAX_ABS_LABEL  # inf too; NaN compares False
@@ -189,7 +194,7 @@ def parse_target(
             first = int(np.flatnonzero(out_of_range)[0])
             raise TargetError(
                 f"label column {col!r} must hold finite numbers within ±{MAX_ABS_LABEL:g}: "
-                f"row {first + 2} holds {raw.iloc[first]!r}",
+                f"row {line[first]} holds {raw.iloc[first]!r}",
                 "targets",
             )
         y[:, j] = column
@@ -207,7 +212,7 @@ def parse_target(
             smiles.append(parsed.canonical)  # type: ignore[arg-type]
             keep.append(i)
         elif len(examples) < 5:
-            examples.append({"row": i + 2, "smiles": str(raw)[:100], "reason": reason})
+            examples.append({"row": int(line[i]), "smiles": str(raw)[:100], "reason": reason})
     if not keep:
         raise TargetError(
             f"none of the {len(df)} rows has a valid SMILES and a label (column {smiles_column!r})",

@@ -396,6 +396,22 @@ def test_target_skips_and_counts_invalid_rows(bbbp_frame: pd.DataFrame) -> None:
     assert {e["row"] for e in target.invalid_examples} == {5, 7}
 
 
+
+def test_target_rows_are_named_by_their_line_in_the_file(bbbp_frame: pd.DataFrame) -> None:
+    """Blank lines and rows of empty cells are no data, yet every message names the row's line in the file
+    (pandas skipped blank lines and numbered the rest from 0: the line was off by the blank lines above)."""
+    lines = _csv(bbbp_frame.head(70)[["smiles", "p_np"]]).decode().splitlines()
+    lines[3] = "C1CC,1"  # line 4: unclosed ring
+    with_blanks = [*lines[:2], "", ",", "  ", *lines[2:]]  # three contentless lines after line 2
+    target = _parse("\n".join(with_blanks).encode())
+    assert target.rows == 70 and target.invalid_rows == 1 and len(target.smiles) == 69
+    assert [e["row"] for e in target.invalid_examples] == [4 + 3]
+    with_blanks[20] = with_blanks[20].rsplit(",", 1)[0] + ",yes"
+    with pytest.raises(TargetError, match="row 21 holds 'yes'"):
+        _parse("\n".join(with_blanks).encode(), targets=["p_np"])
+    with pytest.raises(TargetError, match="no data rows"):
+        _parse(b"smiles,p_np\n\n,\n")
+
 # ---------------------------------------------------------------- methods
 
 

@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from app.cli import cli
+from models.featurizer import FEATURIZER_REVISION
 
 ESOL_TARGET = "measured log solubility in mols per litre"
 
@@ -64,6 +65,10 @@ def test_train_then_predict_classification(tiny_env, bbbp_csv: Path, tmp_path: P
     assert card["training_data"]["sha256"] and card["training_data"]["n_invalid_smiles"] == 1
     assert card["training_data"]["n_used"] == 159
     assert set(card["encoder_versions"]) == {"smiles", "graph"}
+    assert card["vector_versions"] == {  # the graph vectors' featurizer revision is on the card too
+        "smiles": card["encoder_versions"]["smiles"],
+        "graph": f"{card['encoder_versions']['graph']}.f{FEATURIZER_REVISION}",
+    }
     for split in ("train", "val", "test"):
         per_seed = card["metrics"][split]["per_seed"]
         values = [p["mean"]["roc_auc"] for p in per_seed]
