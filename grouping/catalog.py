@@ -293,21 +293,47 @@ def check_usable(entry: CatalogEntry, catalog_dir: Path, min_rows: int = MIN_USA
     return usable
 
 
+_CHECKED: dict[tuple, dict] = {}  # check_catalog's rows of unchanged files (the API lists the catalog often)
+_CHECKED_MAX = 4096
+
+
+def _file_state(entry: CatalogEntry, catalog_dir: Path) -> tuple | None:
+    """What a check of ``entry`` depends on: the entry and its file's path, inode, size, modification and
+    status-change times (a chmod changes the latter; ``None`` when the file cannot be stat'ed: then it is
+    checked, and the check reports why)."""
+    path = entry.path(catalog_dir)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    entry_json = json.dumps(entry.to_json(), sort_keys=True)
+    return entry_json, str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
 def check_catalog(entries: list[CatalogEntry], catalog_dir: Path) -> list[dict]:
     """One status row per entry: ``ok`` with task count, labelled rows and size, or ``error`` with the
-    reason. Every file is read whole (labels as :func:`load_dataset` reads them; SMILES are not parsed)."""
+    reason. Every file is read whole (labels as :func:`load_dataset` reads them; SMILES are not parsed);
+    a file unchanged since its last check (:func:`_file_state`) is not read again."""
     rows = []
     for entry in entries:
+        state = _file_state(entry, catalog_dir)
+        known = _CHECKED.get(state) if state is not None else None
+        if known is not None:
+            rows.append(dict(known))
+            continue
         try:
             status = check_entry(entry, catalog_dir)
             labelled = load_dataset(entry, catalog_dir).total_rows
             if labelled < MIN_USABLE_ROWS:
                 raise CatalogError(f"{entry.name}: only {labelled} labelled rows (need {MIN_USABLE_ROWS})")
-            rows.append({"status": "ok", "source": entry.source, **status, "labelled_rows": labelled})
+            row = {"status": "ok", "source": entry.source, **status, "labelled_rows": labelled}
         except CatalogError as exc:
-            rows.append(
-                {"dataset": entry.name, "status": "error", "source": entry.source, "error": str(exc)}
-            )
+            row = {"dataset": entry.name, "status": "error", "source": entry.source, "error": str(exc)}
+        if state is not None and state == _file_state(entry, catalog_dir):  # not changed while read
+            if len(_CHECKED) >= _CHECKED_MAX:
+                _CHECKED.clear()
+            _CHECKED[state] = dict(row)
+        rows.append(row)
     return rows
 
 

@@ -61,6 +61,37 @@ def test_shipped_catalog_lists_every_labelled_set_and_files_exist(data_dir: Path
     assert tasks["toxcast"] == 617 and tasks["sider"] == 27 and tasks["muv"] == 17 and tasks["qm9"] == 12
 
 
+def test_catalog_check_reads_a_file_again_only_when_it_changed(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import grouping.catalog as catalog
+
+    base = pd.read_csv(data_dir / "moleculenet" / "bbbp.csv").head(80)[["smiles", "p_np"]]
+    file = tmp_path / "mine.csv"
+    base.to_csv(file, index=False)
+    entry = parse_entry(
+        {"name": "mine", "file": str(file), "smiles_column": "smiles", "label_columns": ["p_np"],
+         "task_type": "classification"},
+        source="user",
+    )
+    reads = []
+    real = catalog.load_dataset
+    monkeypatch.setattr(catalog, "load_dataset", lambda *a, **k: reads.append(1) or real(*a, **k))
+    first = check_catalog([entry], data_dir)
+    assert check_catalog([entry], data_dir) == first and len(reads) == 1  # unchanged: not read again
+    assert first[0]["labelled_rows"] == 80
+    pd.concat([base, base.head(5)]).to_csv(file, index=False)  # grows: read again
+    assert check_catalog([entry], data_dir)[0]["labelled_rows"] == 85 and len(reads) == 2
+    file.write_text("smiles,p_np\n" + "CCO,2\n" * 60)  # same entry, a broken file
+    stat = file.stat()
+    assert check_catalog([entry], data_dir)[0]["status"] == "error" and len(reads) == 3
+    pd.concat([base, base.head(5)]).to_csv(file, index=False)
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old modification time
+    assert check_catalog([entry], data_dir)[0]["status"] == "ok" and len(reads) == 4
+
+
 def test_row_filter_and_subsample_are_applied(data_dir: Path) -> None:
     ppbr = next(e for e in load_catalog() if e.name == "ppbr")
     full = load_dataset(ppbr, data_dir)
