@@ -61,8 +61,11 @@ class TargetSet:
         }
 
 
-def _gunzip(data: bytes, max_bytes: int) -> bytes:
-    """A gzip-compressed CSV, decompressed (at most ``max_bytes``, the limit applies to the CSV)."""
+def uncompressed_csv(data: bytes, max_bytes: int) -> bytes:
+    """An uploaded CSV as plain bytes: a gzip-compressed one is decompressed (at most ``max_bytes``, the
+    limit applies to the CSV), anything else is returned as it is."""
+    if data[:2] != b"\x1f\x8b":
+        return data
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
             out = f.read(max_bytes + 1)
@@ -82,8 +85,7 @@ def read_csv_bytes(data: bytes, max_bytes: int, max_rows: int) -> pd.DataFrame:
     """Parse a target CSV (plain or gzip-compressed), enforcing the byte and row limits."""
     if len(data) > max_bytes:
         raise TargetError(f"the file is {len(data)} bytes; the limit is {max_bytes}", "file", 413)
-    if data[:2] == b"\x1f\x8b":
-        data = _gunzip(data, max_bytes)
+    data = uncompressed_csv(data, max_bytes)
     if not data.strip():
         raise TargetError("the file is empty", "file", 400)
     if b"\x00" in data[:4096]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import signal
 import subprocess
@@ -126,7 +127,9 @@ def test_upload_validation_errors(jobs_env: Settings, bbbp: pd.DataFrame) -> Non
             (head.assign(y="1.5").assign(y=lambda d: d["y"].where(d.index != 3, "inf")), {"targets": "y"},
              422, "targets"),
             (head, {"targets": "p_np,p_np"}, 422, "targets"),
-            (head, {"exclude": "bbbp,no-such-set"}, 422, "exclude"),
+            (head, {"method": ""}, 422, "method"),  # FastAPI gave an empty field the default
+            (head, {"task_type": " "}, 422, "task_type"),
+            (head, {"exclude": "bbbp,no-such-set"}, 422, "exclude"),  # (last: checked just below)
         ]
         for data, form, code, field in more:
             resp = _post(client, data, **form)
@@ -237,6 +240,17 @@ def test_dataset_registration_endpoint(jobs_env: Settings, bbbp: pd.DataFrame) -
         assert bad.status_code == 422 and "nope" in bad.text
         names = [d["dataset"] for d in client.get("/v1/datasets").json()["datasets"]]
         assert names[-1] == "lab-set" and "other" not in names
+        packed = client.post(  # a gzip upload is stored decompressed, as a target upload is read
+            "/v1/datasets", files={"file": ("x.csv.gz", gzip.compress(csv))}, data={**form, "name": "packed"}
+        )
+        assert packed.status_code == 201, packed.text
+        listed = {d["dataset"]: d for d in client.get("/v1/datasets").json()["datasets"]}
+        assert listed["packed"]["status"] == "ok" and listed["packed"]["labelled_rows"] == 100
+        assert Path(listed["packed"]["file"]).read_bytes() == csv
+        broken = client.post(
+            "/v1/datasets", files={"file": ("x.gz", gzip.compress(csv)[:40])}, data={**form, "name": "cut"}
+        )
+        assert broken.status_code == 400 and _field(broken) == "file" and "gzip" in broken.text
 
 
 # ---------------------------------------------------------------- Redis + worker subprocess

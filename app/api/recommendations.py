@@ -148,10 +148,14 @@ async def submit_recommendation(
     """Validate the upload and queue a recommendation job (202 + id)."""
     from grouping.catalog import CatalogError, without
     from grouping.methods import METHODS
-    from grouping.target import TargetError
+    from grouping.target import TASK_TYPE_CHOICES, TargetError
 
     settings = _settings(request.app)
     _require_shared_jobs(settings)
+    sent = await request.form()  # (already parsed by FastAPI) an empty field would become the default
+    for field, choices in (("method", list(METHODS)), ("task_type", list(TASK_TYPE_CHOICES))):
+        if field in sent and not str(sent[field]).strip():
+            raise _error(422, field, f"{field} is empty: leave it out (the default) or give one of {choices}")
     if method not in METHODS:
         raise _error(422, "method", f"method {method!r} not in {list(METHODS)}")
     entries = _catalog(extra_catalog_path(settings))
@@ -247,6 +251,7 @@ async def register_dataset_endpoint(
 ) -> dict:
     """Store the uploaded CSV and add it to the user catalog (409 when the name is taken)."""
     from grouping.catalog import CatalogError, NameTakenError, parse_entry, register_dataset
+    from grouping.target import TargetError, uncompressed_csv
 
     settings = _settings(request.app)
     if not _SAFE_NAME.match(name):
@@ -256,7 +261,11 @@ async def register_dataset_endpoint(
     extra = extra_catalog_path(settings)
     if any(e.name == name for e in _catalog(extra)):
         raise _error(409, "name", f"a data set named {name!r} is already in the catalog", "conflict")
-    data = await _read_limited(file, settings.upload_max_bytes)
+    limit = settings.upload_max_bytes
+    try:  # stored as a plain .csv: a gzip upload is decompressed (as a target upload is)
+        data = uncompressed_csv(await _read_limited(file, limit), limit)
+    except TargetError as exc:
+        raise _error(exc.status, exc.field, str(exc)) from exc
     labels = _split_list(label_columns)
     if task_type not in ("classification", "regression"):
         raise _error(422, "task_type", f"task_type {task_type!r} must be classification or regression")
