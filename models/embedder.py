@@ -284,8 +284,8 @@ class Embedder:
             else:
                 fresh = self.graph.encode(self._graphs_for(todo, mols, graphs), self.device, self.batch_size)
             table[missing] = fresh
-            if self.cache is not None:
-                self.cache.set_many([(keys[j], table[j]) for j in missing])
+            if self.cache is not None:  # a non-finite vector (numerical failure) is never kept
+                self.cache.set_many([(keys[j], table[j]) for j in missing if np.isfinite(table[j]).all()])
         return table
 
     def _graphs_for(self, canonical: list[str], mols: dict, graphs: dict[str, MolGraph]) -> list[MolGraph]:

@@ -33,8 +33,14 @@ def pack(vector: np.ndarray, dtype: CacheDtype) -> bytes:
     return np.ascontiguousarray(vector, dtype=dtype).tobytes()
 
 
-def unpack(blob: bytes, dtype: CacheDtype) -> np.ndarray:
-    return np.frombuffer(blob, dtype=dtype).astype(np.float32)
+def unpack(blob: bytes, dtype: CacheDtype) -> np.ndarray | None:
+    """The vector packed in ``blob``, or ``None`` when the bytes are no vector of finite ``dtype`` values
+    (a value written by something else, or damaged): a reader treats that as a miss and recomputes."""
+    itemsize = np.dtype(dtype).itemsize
+    if not blob or len(blob) % itemsize:
+        return None
+    vector = np.frombuffer(blob, dtype=dtype).astype(np.float32)
+    return vector if np.isfinite(vector).all() else None
 
 
 class VectorCache(Protocol):
@@ -67,13 +73,13 @@ class LRUVectorCache:
         with self._lock:
             for key in keys:
                 blob = self._data.get(key)
-                if blob is None:
+                vector = None if blob is None else unpack(blob, self.dtype)
+                if vector is None:
                     self.misses += 1
-                    out.append(None)
                 else:
                     self.hits += 1
                     self._data.move_to_end(key)
-                    out.append(unpack(blob, self.dtype))
+                out.append(vector)
         return out
 
     def set_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
@@ -98,6 +104,17 @@ class LRUVectorCache:
             "hits": self.hits,
             "misses": self.misses,
         }
+
+
+def _error_text(exc: Exception, limit: int = 300) -> str:
+    """A short description of a Redis error for logs and state: a failed pipeline's message names the
+    command with its arguments (kilobytes of packed vector bytes), so only the error after it is kept."""
+    text = str(exc)
+    marker = "of pipeline caused error: "
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class RedisVectorCache:
@@ -144,11 +161,13 @@ class RedisVectorCache:
         self._lock = threading.Lock()
         self._down_until = 0.0  # monotonic time before which Redis is not contacted
         self._down_since: float | None = None  # wall-clock time of the first failure of this outage
+        self._writes_refused = False  # this outage began with Redis refusing a write (see _failed)
         self.last_error: str | None = None
         self.hits = 0
         self.misses = 0
         self.errors = 0
         self.skipped = 0  # calls answered without Redis while it was down
+        self.unreadable = 0  # values that were no vector (wrong length, not finite): read as misses
 
     # -- failure bookkeeping -------------------------------------------------------------------
     def _available(self) -> bool:
@@ -159,13 +178,18 @@ class RedisVectorCache:
             return True
 
     def _failed(self, op: str, exc: Exception) -> None:
+        from redis.exceptions import ResponseError
+
         with self._lock:
             self.errors += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.last_error = _error_text(exc)
             self._down_until = time.monotonic() + self.retry_s
             first = self._down_since is None
             if first:
                 self._down_since = time.time()
+                # Redis answers but refuses writes (OOM under maxmemory + noeviction, a read-only
+                # replica): reads and pings keep working, so only a write that succeeds ends the outage.
+                self._writes_refused = op == "pipeline-set" and isinstance(exc, ResponseError)
         level = logging.WARNING if first else logging.DEBUG
         log.log(
             level,
@@ -173,8 +197,8 @@ class RedisVectorCache:
             extra={"op": op, "error": self.last_error, "retry_s": self.retry_s, "redis": self._safe_url()},
         )
 
-    def _succeeded(self) -> None:
-        if self._down_since is None:
+    def _succeeded(self, op: str) -> None:
+        if self._down_since is None or (self._writes_refused and op != "pipeline-set"):
             return
         with self._lock:
             outage_s = time.time() - self._down_since if self._down_since is not None else 0.0
@@ -197,12 +221,20 @@ class RedisVectorCache:
             with self._lock:
                 self.misses += len(keys)
             return [None] * len(keys)
-        self._succeeded()
+        self._succeeded("mget")
         out = [None if b is None else unpack(b, self.dtype) for b in blobs]
+        unreadable = sum(b is not None and v is None for b, v in zip(blobs, out, strict=True))
+        if unreadable:
+            first = next(k for k, b, v in zip(keys, blobs, out, strict=True) if b is not None and v is None)
+            log.warning(
+                "redis cache values unreadable; computing instead",
+                extra={"values": unreadable, "first_key": self.namespace + first},
+            )
         hits = sum(v is not None for v in out)
         with self._lock:
             self.hits += hits
             self.misses += len(keys) - hits
+            self.unreadable += unreadable
         return out
 
     def set_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
@@ -216,7 +248,7 @@ class RedisVectorCache:
         except Exception as exc:
             self._failed("pipeline-set", exc)
             return
-        self._succeeded()
+        self._succeeded("pipeline-set")
 
     def ping(self) -> bool:
         """Probe Redis now (ignores the back-off window); updates the up/down state."""
@@ -225,7 +257,7 @@ class RedisVectorCache:
         except Exception as exc:
             self._failed("ping", exc)
             return False
-        self._succeeded()
+        self._succeeded("ping")
         return True
 
     def close(self) -> None:
@@ -258,4 +290,5 @@ class RedisVectorCache:
                 "misses": self.misses,
                 "errors": self.errors,
                 "skipped_while_down": self.skipped,
+                "unreadable": self.unreadable,
             }

@@ -233,3 +233,22 @@ def test_middleware_answers_remembered_requests_and_hands_others_on_with_their_b
         calls = len(inner.calls)
         _call(fast, list(whole), headers)
         assert len(inner.calls) == calls + 1 and inner.calls[-1] == whole
+
+
+def test_a_prediction_without_a_finite_value_is_never_remembered(client, monkeypatch):
+    """A head that fails numerically for a molecule answers null for it; that answer is not kept, so
+    the next request computes again instead of replaying null until a restart."""
+    import numpy as np
+
+    service = client.app.state.service
+    head = service.heads["esol"]
+    real = head.predict
+    monkeypatch.setattr(head, "predict", lambda views: np.full_like(np.asarray(real(views)), np.nan))
+    body = {"smiles": ["CCOCCOCCO"], "properties": ["esol"]}
+    first = client.post("/v1/predict", json=body).json()["results"][0]
+    assert first["predictions"]["esol"]["tasks"] and all(
+        t["value"] is None for t in first["predictions"]["esol"]["tasks"].values()
+    )
+    monkeypatch.setattr(head, "predict", real)
+    again = client.post("/v1/predict", json=body).json()["results"][0]
+    assert all(isinstance(t["value"], float) for t in again["predictions"]["esol"]["tasks"].values())

@@ -35,6 +35,8 @@ def test_prediction_memo_is_keyed_by_head_version():
     assert memo.lookup("esol", "v1", ["CCO"])[0].tolist() == [1.5]
     assert memo.lookup("esol", "v2", ["CCO"]) == [None]  # a retrained head never reads old outputs
     assert memo.lookup("bbbp", "v1", ["CCO"]) == [None]
+    memo.store("esol", "v1", ["CCN", "CCC"], np.array([[np.nan], [2.0]]))  # a failed row is not kept
+    assert memo.lookup("esol", "v1", ["CCN"]) == [None] and memo.lookup("esol", "v1", ["CCC"])[0] == [2.0]
 
 
 def test_response_memo_answers_all_or_nothing_per_versions_key():

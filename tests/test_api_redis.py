@@ -79,6 +79,10 @@ def test_unreachable_redis_at_startup_still_serves(tiny_checkpoints, api_heads_d
     )
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
+        deadline = time.monotonic() + 5  # before any request: the start-up probe found Redis down
+        while _ready(client)["degraded"] is not True and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _ready(client)["degraded"] is True
         r = client.post("/v1/embed", json={"smiles": ["CCO", "bad("]})
         assert r.status_code == 200
         assert [i["status"] for i in r.json()["results"]] == ["ok", "invalid"]

@@ -140,3 +140,49 @@ def test_password_is_not_exposed_in_state():
     assert "s3cret" not in str(cache.state())
     assert cache.get_many(["k"]) == [None]
     assert "s3cret" not in str(cache.state())
+
+
+def test_unreadable_values_are_misses_never_errors(shared_ns, tiny_checkpoints):
+    """A value that is no packed vector (odd length, NaN/inf) is a miss: the embedder recomputes it and
+    writes a good one back (an odd length raised ValueError and failed every request batched with it)."""
+    from models.embedder import Embedder
+
+    client, namespace = shared_ns
+    cache = RedisVectorCache("redis://127.0.0.1:6379/0", namespace=namespace)
+    embedder = Embedder(tiny_checkpoints["smiles"], tiny_checkpoints["graph"], device="cpu", cache=cache)
+    dim = embedder.dims["smiles"]
+    want = embedder.embed(["CCO", "c1ccccc1", "CCN"], views=("smiles",)).vectors["smiles"]
+    keys = [namespace + cache_key(embedder.smiles.version, s) for s in ("CCO", "c1ccccc1", "CCN")]
+    client.set(keys[0], b"abc")  # not a multiple of float16's size
+    client.set(keys[1], np.full(dim, np.nan, np.float16).tobytes())
+    client.set(keys[2], np.full(dim, np.inf, np.float16).tobytes())
+    got = cache.get_many([k[len(namespace) :] for k in keys])
+    assert got == [None, None, None] and cache.state()["unreadable"] == 3 and cache.state()["healthy"]
+    again = embedder.embed(["CCO", "c1ccccc1", "CCN"], views=("smiles",)).vectors["smiles"]
+    np.testing.assert_allclose(again, want, atol=2e-3)  # recomputed (float16 round trip of the cache)
+    assert all(v is not None for v in cache.get_many([k[len(namespace) :] for k in keys]))  # rewritten
+
+
+def test_redis_refusing_writes_stays_degraded_until_a_write_succeeds(private_redis: PrivateRedis):
+    """Under maxmemory + noeviction Redis answers reads and pings but refuses writes: the cache stays
+    degraded (reads that succeed no longer flip it back), logs it once, and keeps the error short."""
+    admin = private_redis.client()
+    cache = RedisVectorCache(private_redis.url, dtype="float32", timeout_s=0.5, retry_s=0.2)
+    key = cache_key("enc", "CCO")
+    cache.set_many([(key, np.arange(8, dtype=np.float32))])
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)  # every write is refused with OOM
+    big = [(cache_key("enc", f"C{i}"), np.ones(512, np.float32)) for i in range(5)]
+    cache.set_many(big)
+    state = cache.state()
+    assert not state["healthy"] and "memory" in state["last_error"]
+    assert len(state["last_error"]) <= 300 and "SET" not in state["last_error"]  # no command bytes
+    for _ in range(3):
+        time.sleep(0.25)  # past retry_s: reads and pings reach Redis and succeed
+        assert cache.get_many([key])[0] is not None
+        assert cache.ping()
+        assert not cache.state()["healthy"]  # still degraded: writes are refused
+    admin.config_set("maxmemory", 0)
+    time.sleep(0.25)
+    cache.set_many(big)
+    assert cache.state()["healthy"]  # a write went through: the outage is over

@@ -102,7 +102,11 @@ class PredictionMemo:
         return self._memo.get_many([(head, version, c) for c in canonical])
 
     def store(self, head: str, version: str, canonical: Sequence[str], values: np.ndarray) -> None:
-        self._memo.put_many([((head, version, c), values[i].copy()) for i, c in enumerate(canonical)])
+        """Remember each molecule's row of ``values``; a row that is not finite is not remembered."""
+        finite = np.isfinite(values).all(axis=1)
+        self._memo.put_many(
+            [((head, version, c), values[i].copy()) for i, c in enumerate(canonical) if finite[i]]
+        )
 
 
 class ResponseMemo:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pydantic_core
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -101,13 +102,16 @@ async def predict(body: PredictRequest, request: Request) -> Response:
     n_ok = sum(item["error"] is None for item in items)
     if service.responses is not None and service.canonicalize is not None:
         longest = service.canonicalize.policy.max_smiles_length  # over-long inputs are never kept
+        finite = np.ones(len(items), dtype=bool)
+        for name in heads:
+            finite &= np.isfinite(result.predictions[name]).all(axis=1)
         service.responses.store(
             service.response_key(heads),
             len(heads),
             [
                 (raw, part, item["error"] is None)
-                for raw, part, item in zip(body.smiles, parts, items, strict=True)
-                if len(raw) <= longest
+                for raw, part, item, whole in zip(body.smiles, parts, items, finite, strict=True)
+                if len(raw) <= longest and (whole or item["error"] is not None)  # a null value: not kept
             ],
         )
     service.metrics.count_molecules("predict", n_ok, len(items) - n_ok)

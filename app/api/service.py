@@ -227,6 +227,7 @@ class ModelService:
         ping = getattr(self.cache, "ping", None)
         if ping is None:
             return
+        await asyncio.to_thread(ping)  # at start-up: an unreachable Redis shows as degraded at once
         while True:
             await asyncio.sleep(self.settings.redis_retry_s)
             if not self.cache.state().get("healthy", True):
