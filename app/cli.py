@@ -22,10 +22,16 @@ cli = typer.Typer(
 @cli.callback()
 def _root() -> None:
     """molfusion: embed molecules, train and serve property heads, recommend auxiliary data sets."""
-    from app.logging_setup import configure_logging
-    from app.settings import get_settings
+    from pydantic import ValidationError
 
-    s = get_settings()
+    from app.logging_setup import configure_logging
+    from app.settings import get_settings, settings_error_text
+
+    try:
+        s = get_settings()
+    except ValidationError as exc:  # a bad MOLFUSION_* variable: name it, no traceback
+        typer.echo(f"error: invalid settings\n{settings_error_text(exc)}", err=True)
+        raise typer.Exit(2) from None
     configure_logging(s.log_level, s.log_json)
 
 

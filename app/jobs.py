@@ -255,7 +255,7 @@ class RedisJobStore:
     def __init__(self, url: str, ttl_s: int, lease_s: int) -> None:
         import redis.asyncio as redis
 
-        self.redis = redis.from_url(url)
+        self.redis = redis.from_url(url, socket_connect_timeout=2)
         self.ttl_s = ttl_s
         self.lease_s = lease_s
         self._transition = self.redis.register_script(_TRANSITION)
@@ -522,9 +522,12 @@ class ArqQueue:
         from arq import create_pool
         from arq.connections import RedisSettings
 
+        # One quick retry: a request waits ~0.5 s (not arq's 5 x 1 s) before a down Redis gives a 503.
+        redis_settings = RedisSettings.from_dsn(url)
+        redis_settings.conn_retries, redis_settings.conn_retry_delay = 1, 0.5
         return cls(
             await create_pool(
-                RedisSettings.from_dsn(url),
+                redis_settings,
                 default_queue_name=QUEUE_NAME,
                 job_serializer=_serialize,
                 job_deserializer=_deserialize,

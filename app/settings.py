@@ -6,18 +6,21 @@ Library code (``models``, ``fusion``, ``grouping``) takes explicit arguments; on
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _REPO_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MOLFUSION_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MOLFUSION_", env_file=".env", extra="ignore", env_ignore_empty=True  # empty = unset
+    )
 
     # --- data and models ---
     data_dir: Path = Field(
@@ -83,7 +86,9 @@ class Settings(BaseSettings):
             "(one unit per head per molecule; 0 = off, which also turns off the predict fast path)."
         ),
     )
-    log_level: str = Field(default="INFO", description="Log level for structured (JSON) logs.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="Log level for structured (JSON) logs (any case)."
+    )
     log_json: bool = Field(default=True, description="Emit one JSON object per log line.")
 
     # --- recommendation jobs ---
@@ -131,6 +136,27 @@ class Settings(BaseSettings):
         default=30, ge=3, description="A running job whose worker sent no heartbeat for this long is failed."
     )
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return value
+
+    @field_validator("redis_url", "jobs_redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # an empty variable means unset
+        if not re.match(r"(redis|rediss|unix)://", value):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
     @property
     def jobs_redis(self) -> str | None:
         """The Redis that holds recommendation jobs: ``jobs_redis_url``, else ``redis_url``."""
@@ -140,6 +166,17 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_error_text(exc: ValidationError) -> str:
+    """One line per invalid setting, named by its environment variable, with the value it had."""
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        given = error.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"MOLFUSION_{field.upper()}: {error['msg']}{shown}")
+    return "\n".join(lines)
 
 
 def settings_markdown() -> str:

@@ -87,3 +87,23 @@ def test_unreachable_redis_at_startup_still_serves(tiny_checkpoints, api_heads_d
         assert r.status_code == 200
         assert [i["status"] for i in r.json()["results"]] == ["ok", "invalid"]
         assert _ready(client)["degraded"] is True
+
+
+def test_job_routes_answer_503_while_their_redis_is_down(tiny_checkpoints, api_heads_dir):
+    """The job store and queue are down: 503 with Retry-After, soon (was a bare 500 after 5 s)."""
+    from test_cache_helpers import free_port
+
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    settings = make_settings(tiny_checkpoints, api_heads_dir, redis_url=nobody, redis_timeout_s=0.1)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        t0 = time.perf_counter()
+        got = client.get(f"/v1/recommendations/{'a' * 32}")
+        assert got.status_code == 503 and got.headers["Retry-After"] == "5"
+        assert "job store (Redis) unavailable" in got.json()["detail"]
+        rows = "".join(f"{'C' * i}O,{i % 2}\n" for i in range(1, 61))  # a valid upload: 60 alcohols
+        upload = {"file": ("t.csv", f"smiles,y\n{rows}".encode())}
+        posted = client.post("/v1/recommendations", files=upload, data={"method": "none"})
+        assert posted.status_code == 503, posted.text
+        assert time.perf_counter() - t0 < 6
+        assert client.post("/v1/embed", json={"smiles": ["CCO"]}).status_code == 200  # the rest works

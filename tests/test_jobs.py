@@ -360,3 +360,47 @@ def test_jobs_can_use_their_own_redis() -> None:
         return kind
 
     assert asyncio.run(queue_kind(own)) is not InProcessRunner
+
+
+@pytest.mark.redis
+def test_worker_rides_out_a_redis_restart(
+    jobs_env: Settings, bbbp: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis goes away for a moment: the worker logs it, reconnects and runs the next job (it exited
+    with a traceback from arq's poll loop); with --burst it exits with status 1 and one line."""
+    from test_cache_helpers import PrivateRedis
+
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        monkeypatch.setenv("MOLFUSION_REDIS_URL", server.url)
+        get_settings.cache_clear()
+        settings = get_settings()
+        log = tmp_path / "worker.log"
+        with worker_process(log, MOLFUSION_REDIS_URL=server.url) as proc:
+            time.sleep(4)  # started and polling
+            server.stop()
+            time.sleep(1.5)
+            server.start()  # a fresh, empty Redis on the same port
+            time.sleep(3)
+            assert proc.poll() is None, log.read_text()[-2000:]
+            with TestClient(make_app(settings)) as client:
+                job_id = _post(client, bbbp.head(90), method="none").json()["id"]
+                job, _ = _wait(client, job_id, {"done", "failed"}, timeout=60)
+            assert job["status"] == "done", (job.get("error"), log.read_text()[-2000:])
+        assert "worker lost its Redis; reconnecting" in log.read_text()
+        server.stop()
+        burst = subprocess.run(
+            [sys.executable, "-m", "app.cli", "worker", "--burst"],
+            cwd=REPO,
+            env={**os.environ, "MOLFUSION_REDIS_URL": server.url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert burst.returncode == 1 and "Redis is unavailable" in burst.stderr, burst.stderr[-2000:]
+        assert "Traceback" not in burst.stderr
+    finally:
+        get_settings.cache_clear()
+        with contextlib.suppress(RuntimeError):
+            server.stop()

@@ -32,6 +32,44 @@ def test_invalid_setting_is_rejected_with_its_name(monkeypatch: pytest.MonkeyPat
         Settings()
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("MOLFUSION_PORT", "abc", "MOLFUSION_PORT: Input should be a valid integer"),
+        ("MOLFUSION_LOG_LEVEL", "VERBOSE", "MOLFUSION_LOG_LEVEL: Input should be 'DEBUG'"),
+        ("MOLFUSION_REDIS_URL", "foo://bar", "MOLFUSION_REDIS_URL: Value error, must start with redis://"),
+        ("MOLFUSION_JOBS_REDIS_URL", "localhost:6379", "MOLFUSION_JOBS_REDIS_URL: Value error"),
+        ("MOLFUSION_DEVICE", "tpu", "MOLFUSION_DEVICE: Value error, must be 'auto', 'cpu'"),
+        ("MOLFUSION_BATCH_SIZE", "-5", "MOLFUSION_BATCH_SIZE: Input should be greater than or equal to 1"),
+    ],
+)
+def test_cli_names_an_invalid_variable_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+    from app.settings import get_settings
+
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["heads"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    assert message in result.output and f"(got {value!r})" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_empty_variables_mean_unset_and_log_level_ignores_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOLFUSION_CACHE_TTL_S", "")
+    monkeypatch.setenv("MOLFUSION_REDIS_URL", "")
+    monkeypatch.setenv("MOLFUSION_LOG_LEVEL", "debug")
+    s = Settings()
+    assert s.cache_ttl_s is None and s.redis_url is None and s.log_level == "DEBUG"
+
+
 def test_recommend_transfer_reaches_the_recommendation_options(monkeypatch: pytest.MonkeyPatch) -> None:
     from app.jobs import recommendation_options
 

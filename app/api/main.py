@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from redis.exceptions import RedisError
 
 from app.api import embeddings, health, info, predictions, properties, recommendations
 from app.api.deps import require_api_key
@@ -131,6 +132,17 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
         as their repr: the default handler failed on them with a 500."""
         detail = [{**error, "input": _json_safe(error.get("input"))} for error in exc.errors()]
         return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
+
+    @app.exception_handler(RedisError)
+    async def _jobs_redis_down(request: Request, exc: RedisError) -> JSONResponse:
+        """Only the recommendation jobs raise Redis errors (the embedding cache degrades to computing):
+        their store or queue is down, which is the operator's side and temporary."""
+        log.warning("job store unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
+        return JSONResponse(
+            {"detail": f"recommendation job store (Redis) unavailable: {type(exc).__name__}; retry later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(NotReadyError)
     async def _not_ready(request: Request, exc: NotReadyError) -> JSONResponse:
