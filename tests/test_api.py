@@ -124,6 +124,7 @@ def test_info_and_health(client, tiny_embedder):
     assert info["cache"]["backend"] == "memory" and info["cache"]["healthy"]
     assert info["properties"] == ["bbbp", "esol"]
     assert info["limits"]["max_molecules_per_request"] == MAX_MOLECULES
+    assert isinstance(info["microbatch"]["max_size"], int)  # a count, not 512.0
     assert client.get("/v1/health/live").json() == {"status": "alive"}
     ready = client.get("/v1/health/ready").json()
     assert ready["status"] == "ready" and ready["degraded"] is False

@@ -104,6 +104,14 @@ def test_train_then_predict_classification(tiny_env, bbbp_csv: Path, tmp_path: P
     assert res.exit_code == 0 and "bbbp: mlp/concat" in res.output
 
 
+def test_heads_names_a_missing_heads_folder(tiny_env, tmp_path: Path) -> None:
+    res = _run(["heads"])  # MOLFUSION_HEADS_DIR = tmp_path / "heads", never created here
+    assert res.exit_code == 0 and "the folder does not exist: MOLFUSION_HEADS_DIR" in res.output
+    (tmp_path / "heads").mkdir()
+    res = _run(["heads"])
+    assert res.output.startswith("no heads in") and "does not exist" not in res.output
+
+
 def test_train_regression_with_xgb(tiny_env, data_dir: Path, tmp_path: Path) -> None:
     frame = pd.read_csv(data_dir / "moleculenet" / "esol_delaney-processed.csv").iloc[:150]
     path = tmp_path / "esol.csv"

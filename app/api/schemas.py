@@ -120,7 +120,7 @@ class InfoResponse(BaseModel):
     device: DeviceInfo
     cache: dict = Field(description="Cache backend and its state (hits, misses, health, last error).")
     properties: list[str]
-    microbatch: dict[str, float]
+    microbatch: dict[str, int | float]  # max_size (int), max_wait_ms (float)
     limits: dict[str, int]
 
 

@@ -185,6 +185,11 @@ class ModelService:
         from fusion.registry import HeadRegistry
 
         registry = HeadRegistry(self.settings.heads_dir)
+        if not registry.root.is_dir():  # a typo in MOLFUSION_HEADS_DIR would otherwise serve nothing quietly
+            log.warning(
+                "heads folder does not exist; no properties are served",
+                extra={"heads_dir": str(registry.root), "setting": "MOLFUSION_HEADS_DIR"},
+            )
         versions = self.embedder.versions
         self._response_keys = {}  # response-memo keys name the versions of the heads loaded here
         for name in registry.names():

@@ -237,7 +237,8 @@ def register(cli: typer.Typer) -> None:
             typer.echo(json.dumps(cards, indent=2))
             return
         if not cards:
-            typer.echo(f"no heads in {registry.root}")
+            missing = "" if registry.root.is_dir() else " (the folder does not exist: MOLFUSION_HEADS_DIR)"
+            typer.echo(f"no heads in {registry.root}{missing}")
             return
         for name, card in cards.items():
             test = card.get("metrics", {}).get("test", {}).get("mean", {})
