@@ -17,6 +17,7 @@ import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -24,7 +25,7 @@ from safetensors.numpy import load_file, save_file
 from fusion.card import CARD_FILE, base_card
 from fusion.fusions import FusionPreprocessor
 from fusion.predictors import PREDICTORS
-from fusion.predictors.base import parse_params
+from fusion.predictors.base import check_range, parse_params
 from fusion.scaling import LabelScaler
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,8 @@ class TrainedModel:
 def check_replaceable(directory: Path) -> None:
     """A head is saved over ``directory`` only when it is missing, empty or a head (it holds the card):
     anything else (e.g. the folder holding the training data) raises :class:`FileExistsError`."""
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} is a file, not a head directory; refusing to replace it")
     if directory.exists() and not (directory / CARD_FILE).exists() and any(directory.iterdir()):
         raise FileExistsError(
             f"{directory} exists and is not a head directory (no {CARD_FILE}); refusing to replace it"
@@ -161,6 +164,24 @@ def _json_default(value: object) -> object:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def split_hparams(head: str, fusion: str, hparams: dict) -> tuple[dict, Any]:
+    """``hparams`` checked and split into the fusion's arguments (``n_components`` and ``reduction`` of
+    ``concat_reduce``; other fusions take none) and the head's parameter dataclass. A ``ValueError``
+    names an unknown head, an unknown parameter or a value of the wrong type or range; cheap, so callers
+    run it before embedding anything."""
+    if head not in PREDICTORS:
+        raise ValueError(f"head must be one of {list(PREDICTORS)}, got {head!r}")
+    takes = FUSION_HPARAMS if fusion == "concat_reduce" else ()
+    fusion_args = {k: hparams[k] for k in takes if k in hparams}
+    for name, value in fusion_args.items():
+        if name == "n_components" and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ValueError(f"hyper-parameter 'n_components' of fusion {fusion!r} must be int, "
+                             f"got {value!r}")
+        check_range(name, value, f"fusion {fusion!r}")
+    rest = {k: v for k, v in hparams.items() if k not in takes}
+    return fusion_args, parse_params(PREDICTORS[head].params_cls, rest, head)
 
 
 def build_model(
@@ -180,11 +201,10 @@ def build_model(
     if head not in PREDICTORS:
         raise ValueError(f"head must be one of {list(PREDICTORS)}, got {head!r}")
     predictor_cls = PREDICTORS[head]
-    fusion_args = {k: hparams[k] for k in FUSION_HPARAMS if k in hparams}
-    params = parse_params(
-        predictor_cls.params_cls, {k: v for k, v in hparams.items() if k not in FUSION_HPARAMS}, head
-    )
+    fusion_args, params = split_hparams(head, fusion, hparams)
     pre = FusionPreprocessor.fit(views, train_idx, fusion, seed=seed, **fusion_args)
+    if pre.reducer is not None:
+        fusion_args["n_components"] = pre.reducer.out_dim  # as used: at most the rows and columns there are
     scaler = LabelScaler.fit(y[train_idx], task_types)
     y_scaled = scaler.transform(y)
     predictor = predictor_cls(pre, task_types, params)

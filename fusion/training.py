@@ -22,7 +22,7 @@ from tqdm import tqdm
 from fusion.card import file_sha256
 from fusion.head import read_card
 from fusion.metrics import evaluate, is_better, primary_metric
-from fusion.model import TASK_TYPES, TrainedModel, build_model
+from fusion.model import TASK_TYPES, TrainedModel, build_model, split_hparams
 from fusion.splits import group_ids, make_split, scaffold_split
 
 log = logging.getLogger(__name__)
@@ -163,31 +163,62 @@ def infer_task_types(y: np.ndarray) -> list[str]:
 def read_label_table(
     path: Path, targets: list[str], smiles_column: str | None
 ) -> tuple[list[str], np.ndarray, str]:
-    """SMILES and the float label matrix (NaN = empty cell) of ``targets``; errors name column and row."""
-    from models.tabular import TableError, resolve_smiles_column
+    """SMILES and the float label matrix (NaN = an empty or ``nan`` cell) of ``targets``; errors name the
+    column and the row's line in the file (the header is line 1; blank lines count)."""
+    from models.tabular import MAX_ABS_LABEL, resolve_smiles_column
 
+    repeated = sorted({t for t in targets if targets.count(t) > 1})
+    if repeated:
+        raise LabelTableError(f"target column(s) {repeated} named more than once (--targets)")
     try:
         column = resolve_smiles_column(path, smiles_column)
-    except TableError as exc:
+        # the header as written (read_csv renames a repeated name: p_np, p_np.1)
+        names = [str(c) for c in pd.read_csv(path, nrows=1, header=None, dtype=str).iloc[0].tolist()]
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except ValueError as exc:  # TableError, and pandas' parser, empty-file and decoding errors
         raise LabelTableError(str(exc)) from exc
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    doubled = sorted({n for n in names if names.count(n) > 1})
+    if doubled:
+        raise LabelTableError(f"column name(s) {doubled} occur more than once in the header of {path.name}")
     missing = [t for t in targets if t not in frame.columns]
     if missing:
         raise LabelTableError(
             f"target column(s) {missing} not in {path.name} (columns: {list(frame.columns)})"
         )
+    blank = (frame.apply(lambda c: c.str.strip()) == "").all(axis=1).to_numpy()
+    frame = frame[~blank]  # blank lines hold no row; the index keeps each row's line (index + 2)
+    if frame.empty:
+        raise LabelTableError(f"{path.name} has a header but no data rows")
+    line = frame.index.to_numpy() + 2
     y = np.full((len(frame), len(targets)), np.nan, dtype=np.float32)
     for t, name in enumerate(targets):
         values = frame[name].str.strip()
-        numeric = pd.to_numeric(values.where(values != ""), errors="coerce")
-        bad = numeric.isna() & (values != "")
+        empty = (values == "") | (values.str.lower() == "nan")
+        numeric = pd.to_numeric(values.where(~empty), errors="coerce")
+        bad = numeric.isna() & ~empty
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise LabelTableError(
-                f"column {name!r} row {row + 2} (line in file): label {values.iloc[row]!r} is not a number"
+                f"column {name!r} row {line[row]} (line in file): label {values.iloc[row]!r} is not a number"
             )
-        y[:, t] = numeric.to_numpy(dtype=np.float32)
+        wild = (numeric.abs() > MAX_ABS_LABEL).to_numpy()  # inf and overflowing values; NaN compares False
+        if wild.any():
+            row = int(np.flatnonzero(wild)[0])
+            raise LabelTableError(
+                f"column {name!r} row {line[row]} (line in file): label {values.iloc[row]!r} is not a finite "
+                f"number within ±{MAX_ABS_LABEL:g}"
+            )
+        y[:, t] = numeric.to_numpy(dtype=np.float64).astype(np.float32)
     return frame[column].tolist(), y, column
+
+
+def check_classes(y: np.ndarray, targets: Sequence[str], task_types: Sequence[str], where: str) -> None:
+    """A classification column needs both classes (ROC-AUC and a classifier are undefined otherwise)."""
+    for t, kind in enumerate(task_types):
+        present = np.unique(y[:, t][~np.isnan(y[:, t])])
+        if kind == "classification" and len(present) < 2:
+            found = f"only {present[0]:g}" if len(present) else "no label"
+            raise LabelTableError(f"classification column {targets[t]!r} holds {found} {where}; need 0 and 1")
 
 
 def embed_smiles(
@@ -329,6 +360,8 @@ def train_from_table(
             )
     if units is not None and len(units) != len(targets):
         raise LabelTableError(f"{len(units)} units given for {len(targets)} targets")
+    check_classes(y, targets, task_types, "in the file")
+    split_hparams(head, fusion, hparams or {})  # a bad hyper-parameter fails before any embedding
     vectors, errors = embed_smiles(embedder, smiles, progress=progress)
     valid = np.array([e is None for e in errors]) & ~np.isnan(y).all(axis=1)
     if valid.sum() < 10:
@@ -336,6 +369,7 @@ def train_from_table(
             f"only {int(valid.sum())} rows have a valid SMILES and a label; need at least 10"
         )
     keep = np.flatnonzero(valid)
+    check_classes(y[keep], targets, task_types, "in the rows with a valid SMILES")
     views = {v: a[keep] for v, a in vectors.items()}
     kept_smiles = [smiles[i] for i in keep]
     runs = train_seeds(

@@ -29,15 +29,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from models.tabular import MAX_ABS_LABEL
+
 log = logging.getLogger(__name__)
 
 SHIPPED_CATALOG = Path(__file__).resolve().parent / "catalog" / "catalog.json"
 TaskType = Literal["classification", "regression"]
 TASK_TYPES: tuple[str, ...] = ("classification", "regression")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-# Larger label values are refused in a target and count as missing in a catalog set: heads compute label
-# statistics in float32, whose squares overflow from about 1.8e19; no molecular property comes near it.
-MAX_ABS_LABEL = 1e12
 UNNAMED_COLUMN = re.compile(r"^Unnamed: \d+(\.\d+)*$")  # pandas' names for columns with an empty header
 MIN_USABLE_ROWS = 50  # a registered set needs this many rows with a valid SMILES and a label (as a target)
 

@@ -23,7 +23,8 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdFingerprintGenerator
 
-from grouping.catalog import MAX_ABS_LABEL, CatalogEntry, CatalogError, check_entry, load_dataset
+from grouping.catalog import CatalogEntry, CatalogError, check_entry, load_dataset
+from models.tabular import MAX_ABS_LABEL
 
 log = logging.getLogger(__name__)
 

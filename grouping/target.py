@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from grouping.catalog import MAX_ABS_LABEL, UNNAMED_COLUMN
+from grouping.catalog import UNNAMED_COLUMN
 from models.chemistry import ParsePolicy, parse_smiles
-from models.tabular import TableError, detect_smiles_column
+from models.tabular import MAX_ABS_LABEL, TableError, detect_smiles_column
 
 TASK_TYPE_CHOICES = ("auto", "classification", "regression")
 

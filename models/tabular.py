@@ -9,6 +9,10 @@ import pandas as pd
 
 from models.chemistry import canonicalize
 
+# Larger label values are refused in a training table or target and count as missing in a catalog set:
+# heads compute label statistics in float32, whose squares overflow from about 1.8e19; no molecular
+# property comes near it.
+MAX_ABS_LABEL = 1e12
 SMILES_COLUMN_NAMES = ("smiles", "canonical_smiles", "smi", "mol", "drug", "molecule", "structure")
 
 

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from app.api.memo import CanonicalMemo, PredictionMemo, ResponseMemo
+from app.api.schemas import PropertyInfo
 from app.batcher import MicroBatcher
 from app.factory import build_embedder
 from app.metrics import ServiceMetrics
@@ -215,7 +217,13 @@ class ModelService:
             self.heads[name] = head
             self.cards[name] = dict(head.card)
             self.head_versions[name] = head.card.get("version") or _artifact_digest(head.path)
-            self.head_infos[name] = self._describe_head(name)
+            try:  # the description is what /v1/properties serves: a card field of the wrong type skips it
+                self.head_infos[name] = PropertyInfo.model_validate(self._describe_head(name)).model_dump()
+            except (ValidationError, TypeError, AttributeError) as exc:
+                for table in (self.heads, self.cards, self.head_versions):
+                    table.pop(name, None)
+                self.skipped_heads[name] = f"card does not describe the head: {exc}".replace("\n", " ")[:500]
+                log.warning("head skipped", extra={"head": name, "reason": self.skipped_heads[name]})
 
     async def start(self) -> None:
         await self.batcher.start()

@@ -129,9 +129,13 @@ def register(cli: typer.Typer) -> None:
         seeds: int = typer.Option(3, min=1, help="Seeds (each: its own split and initialisation)."),
         smiles_column: str | None = typer.Option(None, help="SMILES column (auto-detected when omitted)."),
         name: str | None = typer.Option(
-            None, help="Head name in the card (default: the output folder name)."
+            None,
+            help="Display name in the card (default: the output folder name). The registry, predict --head "
+            "and the API know a head by its folder name.",
         ),
-        units: str | None = typer.Option(None, help="Comma-separated units, one per target."),
+        units: str | None = typer.Option(
+            None, help="Comma-separated units, one per target; leave an entry empty for none (a,,b)."
+        ),
         param: list[str] = typer.Option([], "--param", help="Hyper-parameter KEY=VALUE (repeatable)."),
     ) -> None:
         """Train a head on DATA_CSV; the seed with the best validation metric is saved to --out."""
@@ -155,10 +159,15 @@ def register(cli: typer.Typer) -> None:
             check_replaceable(out)
         except FileExistsError as exc:
             raise _fail(f"--out: {exc}") from exc
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)  # fails now, not after the training
+        except OSError as exc:
+            raise _fail(f"--out {out}: cannot create its folder: {exc}") from exc
         if out.exists() and data_csv.resolve().is_relative_to(out.resolve()):
             raise _fail(f"--out {out} holds the training data {data_csv}; saving the head would delete it")
         target_list = _split_list(targets)
-        unit_list = _split_list(units) if units else None
+        # one entry per target; an empty entry is a task without unit (e.g. "logS,,logS")
+        unit_list = [u.strip() or None for u in units.split(",")] if units else None
         from app.factory import build_embedder
 
         try:
@@ -214,6 +223,8 @@ def register(cli: typer.Typer) -> None:
             loaded = resolve_head(head)
         except UnknownHeadError as exc:
             raise _fail(f"{exc}; or pass a head directory") from exc
+        except Exception as exc:  # a damaged head folder: missing files, bad JSON, unreadable weights
+            raise _fail(f"cannot load head {head!r}: {type(exc).__name__}: {exc}") from exc
         try:
             embedder = build_embedder()
             check_encoders(loaded, embedder)
@@ -232,19 +243,35 @@ def register(cli: typer.Typer) -> None:
         from fusion.registry import HeadRegistry
 
         registry = HeadRegistry(get_settings().heads_dir)
-        cards = {name: registry.card(name) for name in registry.names()}
+        cards: dict[str, dict] = {}
+        broken: dict[str, str] = {}
+        for head_name in registry.names():
+            try:
+                card = registry.card(head_name)
+                if not isinstance(card, dict):
+                    raise ValueError(f"card.json holds a {type(card).__name__}, not an object")
+                cards[head_name] = card
+            except (OSError, ValueError) as exc:  # one damaged card does not hide the others
+                broken[head_name] = f"unreadable card: {type(exc).__name__}: {exc}"
         if as_json:
-            typer.echo(json.dumps(cards, indent=2))
-            return
-        if not cards:
+            typer.echo(json.dumps({**cards, **{n: {"error": e} for n, e in broken.items()}}, indent=2))
+            raise typer.Exit(1 if broken else 0)
+        for head_name, error in broken.items():
+            typer.echo(f"{head_name}: {error}")
+        if not cards and not broken:
             missing = "" if registry.root.is_dir() else " (the folder does not exist: MOLFUSION_HEADS_DIR)"
             typer.echo(f"no heads in {registry.root}{missing}")
             return
-        for name, card in cards.items():
-            test = card.get("metrics", {}).get("test", {}).get("mean", {})
+        for head_name, card in cards.items():
+            metrics = card.get("metrics")
+            test = metrics.get("test", {}).get("mean", {}) if isinstance(metrics, dict) else {}
+            test = test if isinstance(test, dict) else {}
             score = ", ".join(f"{k} {v:.3f}" for k, v in test.items() if isinstance(v, float))
+            tasks = card.get("tasks") if isinstance(card.get("tasks"), list) else []
             typer.echo(
-                f"{name}: {card.get('head')}/{card.get('fusion')}, {len(card.get('tasks', []))} task(s), "
+                f"{head_name}: {card.get('head')}/{card.get('fusion')}, {len(tasks)} task(s), "
                 f"test {score or 'n/a'}, encoders {card.get('encoder_versions')}"
             )
+        if broken:
+            raise typer.Exit(1)
 

@@ -23,8 +23,41 @@ from fusion.nets import FusedInput, view_key
 WEIGHTS_FILE = "weights.safetensors"
 
 
+def _at_least(low: float) -> tuple[str, Any]:
+    return f">= {low:g}", lambda v: v >= low
+
+
+_POSITIVE = ("> 0", lambda v: v > 0)
+_FRACTION = ("in [0, 1)", lambda v: 0 <= v < 1)
+_SHARE = ("in (0, 1]", lambda v: 0 < v <= 1)
+
+# The valid range of every numeric hyper-parameter of every head and of the concat_reduce fusion (a value
+# outside it failed deep in training, or trained nothing: epochs=0 saved an untrained head).
+RANGES: dict[str, tuple[str, Any]] = {
+    **{n: _at_least(1) for n in ("hidden", "epochs", "patience", "batch_size", "gate_dim", "n_estimators",
+                                "max_depth", "early_stopping_rounds", "n_experts", "cluster_dim",
+                                "single_hidden", "components", "n_components")},
+    **{n: _at_least(0) for n in ("layers", "weight_decay", "min_child_weight", "reg_lambda", "n_jobs",
+                                "kl_weight", "scaffold_weight")},
+    **{n: _POSITIVE for n in ("lr", "learning_rate", "alpha")},
+    **{n: _FRACTION for n in ("dropout", "single_dropout")},
+    **{n: _SHARE for n in ("subsample", "colsample_bytree")},
+    "reduction": ("'pca' or 'cur'", lambda v: v in ("pca", "cur")),
+    "task_weights": ("a list of numbers >= 0", lambda v: v is None or all(
+        isinstance(w, int | float) and not isinstance(w, bool) and w >= 0 for w in v)),
+}
+
+
+def check_range(name: str, value: Any, owner: str) -> None:
+    """``ValueError`` naming the hyper-parameter when ``value`` is outside its valid range."""
+    rule = RANGES.get(name)
+    if rule is not None and not rule[1](value):
+        raise ValueError(f"hyper-parameter {name!r} of {owner} must be {rule[0]}, got {value!r}")
+
+
 def parse_params(cls: type, raw: dict[str, Any], head: str) -> Any:
-    """Build the hyper-parameter dataclass ``cls`` from ``raw``; unknown names are an error."""
+    """Build the hyper-parameter dataclass ``cls`` from ``raw``; unknown names, values of the wrong type
+    and values outside their range (:data:`RANGES`) are an error."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
@@ -36,6 +69,7 @@ def parse_params(cls: type, raw: dict[str, Any], head: str) -> Any:
             raise ValueError(
                 f"hyper-parameter {name!r} of head {head!r} must be {want.__name__}, got {value!r}"
             )
+        check_range(name, value, f"head {head!r}")
     return cls(**raw)
 
 
