@@ -157,7 +157,12 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
                 "loc": ["body", "properties"],
                 "type": "unknown_property",
                 "input": name,
-                "msg": f"unknown property {name!r}; served properties: {exc.served}",
+                "msg": (
+                    f"property {name!r} is not served (its head was skipped at start-up: {exc.skipped[name]})"
+                    if name in exc.skipped
+                    else f"unknown property {name!r}"
+                )
+                + f"; served properties: {exc.served}",
             }
             for name in exc.unknown
         ]

@@ -41,9 +41,10 @@ class NotReadyError(RuntimeError):
 
 
 class UnknownPropertyError(ValueError):
-    def __init__(self, unknown: list[str], served: list[str]) -> None:
+    def __init__(self, unknown: list[str], served: list[str], skipped: dict[str, str] | None = None) -> None:
         self.unknown = unknown
         self.served = served
+        self.skipped = {name: reason for name, reason in (skipped or {}).items() if name in unknown}
         super().__init__(f"unknown propert{'y' if len(unknown) == 1 else 'ies'} {unknown}; served: {served}")
 
 
@@ -258,7 +259,7 @@ class ModelService:
             return tuple(sorted(self.heads))
         unknown = [p for p in dict.fromkeys(requested) if p not in self.heads]
         if unknown:
-            raise UnknownPropertyError(unknown, sorted(self.heads))
+            raise UnknownPropertyError(unknown, sorted(self.heads), self.skipped_heads)
         return tuple(dict.fromkeys(requested))
 
     def response_key(self, heads: tuple[str, ...]) -> str:
