@@ -97,3 +97,20 @@ def test_recommend_routing_settings_reach_the_routing_config(monkeypatch: pytest
     monkeypatch.setenv("MOLFUSION_RECOMMEND_STRUCTURE_PRIOR", "-1")
     with pytest.raises(ValueError, match="recommend_structure_prior"):
         Settings()
+
+
+def test_text_logs_carry_the_extra_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from app.logging_setup import configure_logging
+
+    root = logging.getLogger()
+    before = (root.handlers[:], root.level)
+    try:
+        configure_logging("INFO", json_lines=False)
+        extra = {"head": "odd", "reason": "bad card"}
+        logging.getLogger("molfusion.test").warning("head skipped", extra=extra)
+    finally:
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+    assert 'WARNING molfusion.test: head skipped head="odd" reason="bad card"' in capsys.readouterr().err
