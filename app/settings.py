@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535, description="Port of `molfusion serve`.")
     workers: int = Field(default=1, ge=1, description="Uvicorn worker processes.")
     api_key: str | None = Field(default=None, description="When set, every /v1/* call needs X-API-Key.")
+    shutdown_grace_s: int = Field(
+        default=10,
+        ge=0,
+        description=(
+            "On SIGTERM, seconds `molfusion serve` lets in-flight requests finish before closing them "
+            "(keep the orchestrator's stop grace period above it; docker-compose.yml gives the api 30 s)."
+        ),
+    )
     max_molecules_per_request: int = Field(default=1000, ge=1, description="413 above this.")
     max_request_bytes: int = Field(default=2_000_000, ge=1024, description="413 above this body size.")
     microbatch_max_size: int = Field(default=512, ge=1, description="Dynamic micro-batcher batch cap.")

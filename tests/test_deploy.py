@@ -28,6 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from app.settings import Settings
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"
@@ -300,6 +302,12 @@ def test_compose_services(tmp_path: Path) -> None:
     assert [p["target"] for p in api["ports"]] == [8000]
     assert (api["environment"]["MOLFUSION_HOST"], api["environment"]["MOLFUSION_PORT"]) == ("0.0.0.0", "8000")
     assert worker["healthcheck"] == {"disable": True}
+    def seconds(duration: str) -> int:  # compose writes durations like "30s" or "1m0s"
+        parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+        return int(parts.group(1) or 0) * 60 + int(parts.group(2) or 0)
+
+    assert seconds(api["stop_grace_period"]) > Settings().shutdown_grace_s  # SIGKILL after the app's grace
+    assert seconds(worker["stop_grace_period"]) >= 60
     for svc in (api, worker):
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
         assert [(d["driver"], d["capabilities"]) for d in _gpu_devices(svc)] == [("nvidia", ["gpu"])]

@@ -37,5 +37,5 @@ def register(cli: typer.Typer) -> None:
             access_log=access_log,
             loop="auto",
             http="auto",
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=s.shutdown_grace_s,
         )
