@@ -165,7 +165,7 @@ def read_label_table(
 ) -> tuple[list[str], np.ndarray, str]:
     """SMILES and the float label matrix (NaN = an empty or ``nan`` cell) of ``targets``; errors name the
     column and the row's line in the file (the header is line 1; blank lines count)."""
-    from models.tabular import MAX_ABS_LABEL, resolve_smiles_column
+    from models.tabular import MAX_ABS_LABEL, resolve_smiles_column, without_blank_rows
 
     repeated = sorted({t for t in targets if targets.count(t) > 1})
     if repeated:
@@ -185,8 +185,7 @@ def read_label_table(
         raise LabelTableError(
             f"target column(s) {missing} not in {path.name} (columns: {list(frame.columns)})"
         )
-    blank = (frame.apply(lambda c: c.str.strip()) == "").all(axis=1).to_numpy()
-    frame = frame[~blank]  # blank lines hold no row; the index keeps each row's line (index + 2)
+    frame = without_blank_rows(frame)  # the index keeps each row's line in the file (index + 2)
     if frame.empty:
         raise LabelTableError(f"{path.name} has a header but no data rows")
     line = frame.index.to_numpy() + 2

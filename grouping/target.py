@@ -22,7 +22,7 @@ import pandas as pd
 
 from grouping.catalog import UNNAMED_COLUMN
 from models.chemistry import ParsePolicy, parse_smiles
-from models.tabular import MAX_ABS_LABEL, TableError, detect_smiles_column
+from models.tabular import MAX_ABS_LABEL, TableError, detect_smiles_column, without_blank_rows
 
 TASK_TYPE_CHOICES = ("auto", "classification", "regression")
 
@@ -94,10 +94,7 @@ def read_csv_bytes(data: bytes, max_bytes: int, max_rows: int) -> pd.DataFrame:
         df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise TargetError(f"the file is not a readable CSV: {exc}", "file", 400) from exc
-    # Rows without any content (blank lines, ",,") hold no data and are dropped; the index keeps each
-    # row's place in the file, so messages name the file's line (``index + 2``, the header is line 1).
-    blank = (df.apply(lambda column: column.str.strip()) == "").all(axis=1)
-    df = df[~blank.to_numpy()]
+    df = without_blank_rows(df)  # messages name a row by its line in the file: index + 2
     header = _header_names(data)
     repeated = sorted({name for name in header if name and header.count(name) > 1})
     if repeated:

@@ -20,6 +20,14 @@ class TableError(ValueError):
     """A problem with a user's table (missing column, unreadable file); the message names it."""
 
 
+def without_blank_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (read with ``dtype=str, keep_default_na=False, skip_blank_lines=False``) without the rows
+    whose cells are all empty or whitespace (blank lines, ``,,``). The index is kept, so ``index + 2`` is
+    still each row's line in the file (the header is line 1), for messages that name a row."""
+    blank = (frame.apply(lambda column: column.str.strip()) == "").all(axis=1).to_numpy()
+    return frame[~blank]
+
+
 def detect_smiles_column(columns: list[str], sample: pd.DataFrame | None = None) -> str:
     """The SMILES column: a well-known name first, else the text column whose values parse best."""
     lowered = {c.lower().strip(): c for c in columns}
