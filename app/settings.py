@@ -10,6 +10,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MOLFUSION_", env_file=".env", extra="ignore", env_ignore_empty=True  # empty = unset
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object, info) -> object:
+        """A whitespace-only variable counts as unset, as an empty one does (env_ignore_empty); not the
+        API key, which is never quietly dropped."""
+        if isinstance(value, str) and value and not value.strip() and info.field_name != "api_key":
+            return cls.model_fields[info.field_name].default
+        return value
 
     # --- data and models ---
     data_dir: Path = Field(
@@ -163,6 +173,10 @@ class Settings(BaseSettings):
             return None  # an empty variable means unset
         if not re.match(r"(redis|rediss|unix)://", value):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        try:
+            urlsplit(value).port  # noqa: B018 (parsing it raises on a port that is no number or out of range)
+        except ValueError as exc:
+            raise ValueError(f"has an invalid port: {exc}") from None
         return value
 
     @property

@@ -173,11 +173,12 @@ def read_label_table(
     try:
         column = resolve_smiles_column(path, smiles_column)
         # the header as written (read_csv renames a repeated name: p_np, p_np.1)
-        names = [str(c) for c in pd.read_csv(path, nrows=1, header=None, dtype=str).iloc[0].tolist()]
+        first = pd.read_csv(path, nrows=1, header=None, dtype=str, keep_default_na=False)
+        names = [str(c).strip() for c in first.iloc[0].tolist()]
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except ValueError as exc:  # TableError, and pandas' parser, empty-file and decoding errors
         raise LabelTableError(str(exc)) from exc
-    doubled = sorted({n for n in names if names.count(n) > 1})
+    doubled = sorted({n for n in names if n and names.count(n) > 1})  # (empty cells: Excel's trailing commas)
     if doubled:
         raise LabelTableError(f"column name(s) {doubled} occur more than once in the header of {path.name}")
     missing = [t for t in targets if t not in frame.columns]
@@ -359,6 +360,9 @@ def train_from_table(
             )
     if units is not None and len(units) != len(targets):
         raise LabelTableError(f"{len(units)} units given for {len(targets)} targets")
+    unlabelled = [t for j, t in enumerate(targets) if np.isnan(y[:, j]).all()]
+    if unlabelled:
+        raise LabelTableError(f"target column(s) {unlabelled} hold no label")
     check_classes(y, targets, task_types, "in the file")
     split_hparams(head, fusion, hparams or {})  # a bad hyper-parameter fails before any embedding
     vectors, errors = embed_smiles(embedder, smiles, progress=progress)

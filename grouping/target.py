@@ -140,11 +140,18 @@ def _label_columns(df: pd.DataFrame, smiles_column: str, targets: list[str] | No
     return numeric
 
 
-def _task_type(values: np.ndarray, column: str, requested: str) -> str:
-    present = values[~np.isnan(values)]
-    binary = bool(len(present)) and bool(np.isin(present, (0.0, 1.0)).all())
+def _task_type(values: np.ndarray, column: str, requested: str, line: np.ndarray) -> str:
+    """``requested``, or for ``auto`` classification when the column holds only 0/1; ``line`` is each
+    row's line in the file, for naming the first row that is not 0/1."""
+    labelled = ~np.isnan(values)
+    odd = labelled & ~np.isin(values, (0.0, 1.0))
+    binary = bool(labelled.any()) and not odd.any()
     if requested == "classification" and not binary:
-        raise TargetError(f"label column {column!r} must hold only 0/1 for classification", "task_type")
+        first = int(np.flatnonzero(odd)[0]) if odd.any() else None
+        where = f": row {line[first]} holds {values[first]:g}" if first is not None else ""
+        raise TargetError(
+            f"label column {column!r} must hold only 0/1 for classification{where}", "task_type"
+        )
     if requested == "auto":
         return "classification" if binary else "regression"
     return requested
@@ -200,7 +207,7 @@ def parse_target(
     empty = [col for j, col in enumerate(labels) if np.isnan(y[:, j]).all()]
     if empty:
         raise TargetError(f"label column(s) {empty} hold no values", "targets")
-    types = [_task_type(y[:, j], col, task_type) for j, col in enumerate(labels)]
+    types = [_task_type(y[:, j], col, task_type, line) for j, col in enumerate(labels)]
     smiles: list[str] = []
     keep: list[int] = []
     examples: list[dict] = []

@@ -51,9 +51,11 @@ def detect_smiles_column(columns: list[str], sample: pd.DataFrame | None = None)
 def read_header(path: Path) -> tuple[list[str], pd.DataFrame]:
     if not path.exists():
         raise TableError(f"input file not found: {path}")
+    if path.is_dir():
+        raise TableError(f"{path} is a directory, not a CSV file")
     try:
         sample = pd.read_csv(path, nrows=50)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise TableError(f"{path} is not a readable CSV: {exc}") from exc
     return list(sample.columns), sample
 

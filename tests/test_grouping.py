@@ -442,6 +442,9 @@ def test_target_rows_are_named_by_their_line_in_the_file(bbbp_frame: pd.DataFram
         _parse("\n".join(with_blanks).encode(), targets=["p_np"])
     with pytest.raises(TargetError, match="no data rows"):
         _parse(b"smiles,p_np\n\n,\n")
+    with_blanks[20] = with_blanks[20].rsplit(",", 1)[0] + ",0.5"
+    with pytest.raises(TargetError, match="only 0/1 for classification: row 21 holds 0.5"):
+        _parse("\n".join(with_blanks).encode(), targets=["p_np"], task_type="classification")
 
 # ---------------------------------------------------------------- methods
 

@@ -238,6 +238,7 @@ def test_dataset_registration_endpoint(jobs_env: Settings, bbbp: pd.DataFrame) -
             data={**form, "name": "other", "label_columns": "nope"},
         )
         assert bad.status_code == 422 and "nope" in bad.text
+        assert "user_datasets" not in bad.text and "x.csv" in bad.text  # the upload, not the storage path
         names = [d["dataset"] for d in client.get("/v1/datasets").json()["datasets"]]
         assert names[-1] == "lab-set" and "other" not in names
         packed = client.post(  # a gzip upload is stored decompressed, as a target upload is read

@@ -40,6 +40,7 @@ def test_invalid_setting_is_rejected_with_its_name(monkeypatch: pytest.MonkeyPat
         ("MOLFUSION_REDIS_URL", "foo://bar", "MOLFUSION_REDIS_URL: Value error, must start with redis://"),
         ("MOLFUSION_JOBS_REDIS_URL", "localhost:6379", "MOLFUSION_JOBS_REDIS_URL: Value error"),
         ("MOLFUSION_DEVICE", "tpu", "MOLFUSION_DEVICE: Value error, must be 'auto', 'cpu'"),
+        ("MOLFUSION_REDIS_URL", "redis://127.0.0.1:abc/0", "MOLFUSION_REDIS_URL: Value error, has an"),
         ("MOLFUSION_BATCH_SIZE", "-5", "MOLFUSION_BATCH_SIZE: Input should be greater than or equal to 1"),
     ],
 )
@@ -66,8 +67,11 @@ def test_empty_variables_mean_unset_and_log_level_ignores_case(monkeypatch: pyte
     monkeypatch.setenv("MOLFUSION_CACHE_TTL_S", "")
     monkeypatch.setenv("MOLFUSION_REDIS_URL", "")
     monkeypatch.setenv("MOLFUSION_LOG_LEVEL", "debug")
+    monkeypatch.setenv("MOLFUSION_PORT", "  ")  # whitespace only: unset too
+    monkeypatch.setenv("MOLFUSION_API_KEY", " ")  # but a key is never dropped quietly
     s = Settings()
     assert s.cache_ttl_s is None and s.redis_url is None and s.log_level == "DEBUG"
+    assert s.port == 8000 and s.api_key == " "
 
 
 def test_recommend_transfer_reaches_the_recommendation_options(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -59,6 +59,8 @@ def test_bad_tables_are_refused_before_embedding(
         "bad trees": (csv, ("--head", "xgb", "--param", "n_estimators=0"), ["'n_estimators'", ">= 1"]),
         "bad components": (csv, ("--fusion", "concat_reduce", "--param", "n_components=0"),
                            ["'n_components' of fusion 'concat_reduce'", ">= 1"]),
+        "infinite lr": (csv, ("--param", "lr=Infinity"), ["'lr'", "finite number"]),
+        "overflowing weight decay": (csv, ("--param", "weight_decay=1e400"), ["'weight_decay'", "finite"]),
         "bad reduction": (csv, ("--head", "fmt", "--param", "reduction=foo"),
                           ["'reduction'", "'pca' or 'cur'"]),
         "fusion option elsewhere": (csv, ("--param", "n_components=8"),
@@ -70,6 +72,9 @@ def test_bad_tables_are_refused_before_embedding(
         for word in words:
             assert word in res.output, (case, word, res.output)
         assert "Traceback" not in res.output, case
+    assert not (tmp_path / "out").exists()  # a refused run leaves nothing behind
+    res = _train(tmp_path, tmp_path / "o")  # a folder as the input
+    assert res.exit_code == 2 and "is a directory, not a CSV file" in res.output
     twice = ["--targets", "p_np,p_np", "--out", str(tmp_path / "o")]
     args = ["train", str(_write(tmp_path, "t.csv", csv)), *twice]
     res = CliRunner().invoke(cli, args)
@@ -87,6 +92,9 @@ def test_out_problems_are_refused_before_embedding(
     res = _train(csv, a_file / "head")
     assert res.exit_code == 2 and "--out" in res.output and "cannot create its folder" in res.output
     assert a_file.read_text() == "not a head"
+    bad = _write(tmp_path, "bad.csv", "smiles,p_np\nCCO,high\n")
+    res = _train(bad, tmp_path / "new" / "sub" / "head")
+    assert res.exit_code == 2 and not (tmp_path / "new").exists()  # no folders made for a refused run
 
 
 def test_nan_cells_are_missing_labels_and_empty_units_are_kept(
@@ -106,6 +114,13 @@ def test_nan_cells_are_missing_labels_and_empty_units_are_kept(
     assert res.exit_code == 0, res.output
     card = json.loads((out / "card.json").read_text())
     assert card["units"] == ["log", None, "log"] and card["task_types"][1] == "classification"
+
+
+def test_empty_header_cells_are_no_repeated_names(tiny_env, table: pd.DataFrame, tmp_path: Path) -> None:
+    """Excel writes trailing commas: ``smiles,p_np,,`` trains (a98f1ac refused it as a repeated name)."""
+    text = "\n".join(line + ",," for line in table.to_csv(index=False).splitlines())
+    res = _train(_write(tmp_path, "excel.csv", text), tmp_path / "excel", "--param", "epochs=2")
+    assert res.exit_code == 0, res.output
 
 
 def test_fmt_takes_its_own_reduction(tiny_env, table: pd.DataFrame, tmp_path: Path) -> None:
@@ -137,6 +152,7 @@ def test_damaged_heads_are_named_not_tracebacks(
     assert res.exit_code == 1, res.output  # listed, with the damaged ones named
     assert "good: mlp/concat" in res.output and "badjson: unreadable card" in res.output
     assert "cardlist: unreadable card" in res.output and "Traceback" not in res.output
+    assert "noweights: damaged head" in res.output and "badmodel: damaged head" in res.output
     query = _write(tmp_path, "q.csv", "smiles\nCCO\n")
     for name in ("badjson", "noweights", "badmodel"):
         args = ["predict", str(query), "--head", str(heads / name), "-o", str(tmp_path / "p.csv")]

@@ -292,7 +292,8 @@ async def register_dataset_endpoint(
         raise _error(409, "name", str(exc), "conflict") from exc
     except CatalogError as exc:
         path.unlink(missing_ok=True)
-        raise _error(422, "file", str(exc)) from exc
+        shown = file.filename or "the upload"  # the message names the upload, not the server's storage path
+        raise _error(422, "file", str(exc).replace(str(path), shown).replace(path.name, shown)) from exc
     except OSError as exc:  # the user folder, catalog or lock file cannot be written: the operator's side
         path.unlink(missing_ok=True)
         detail = f"cannot store the data set: {exc} (MOLFUSION_CATALOG_EXTRA)"

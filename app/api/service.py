@@ -98,6 +98,24 @@ def _version_mismatch(head: Any, versions: dict[str, str]) -> dict[str, dict[str
     }
 
 
+def describe_head(name: str, head: Any, version: str | None) -> dict[str, Any]:
+    """What ``/v1/properties`` says of a loaded head, checked against :class:`PropertyInfo`: a
+    ``pydantic.ValidationError`` (or ``TypeError``/``AttributeError``) when its card does not describe it."""
+    card = head.card
+    info = {
+        "name": name,
+        "version": version,
+        "description": card.get("description"),
+        "tasks": list(head.tasks),
+        "task_types": list(head.task_types),
+        "units": [u if u else None for u in head.units],
+        "views": list(_head_views(head)),
+        "encoder_versions": {v: dict(head.encoder_versions).get(v) for v in _head_views(head)},
+        "metrics": card.get("metrics", {}),
+    }
+    return PropertyInfo.model_validate(info).model_dump()
+
+
 def _view_table(tables: dict[str, np.ndarray], view: str) -> np.ndarray:
     """The fused view is the concatenation [smiles | graph] of the two encoder views."""
     return np.concatenate([tables["smiles"], tables["graph"]], axis=1) if view == "fused" else tables[view]
@@ -219,7 +237,7 @@ class ModelService:
             self.cards[name] = dict(head.card)
             self.head_versions[name] = head.card.get("version") or _artifact_digest(head.path)
             try:  # the description is what /v1/properties serves: a card field of the wrong type skips it
-                self.head_infos[name] = PropertyInfo.model_validate(self._describe_head(name)).model_dump()
+                self.head_infos[name] = describe_head(name, head, self.head_versions[name])
             except (ValidationError, TypeError, AttributeError) as exc:
                 for table in (self.heads, self.cards, self.head_versions):
                     table.pop(name, None)
@@ -391,18 +409,3 @@ class ModelService:
                 results[i].predictions = {name: _gather(head_values[name], job_rows) for name in job.heads}
         return results
 
-    # -- descriptions ----------------------------------------------------------------------------
-    def _describe_head(self, name: str) -> dict[str, Any]:
-        head = self.heads[name]
-        card = self.cards.get(name, {})
-        return {
-            "name": name,
-            "version": self.head_versions.get(name),
-            "description": card.get("description"),
-            "tasks": list(head.tasks),
-            "task_types": list(head.task_types),
-            "units": [u if u else None for u in head.units],
-            "views": list(_head_views(head)),
-            "encoder_versions": {v: dict(head.encoder_versions).get(v) for v in _head_views(head)},
-            "metrics": card.get("metrics", {}),
-        }

@@ -4,6 +4,7 @@ apply a head to a CSV of SMILES (streamed, row-aligned), list the registry's hea
 from __future__ import annotations
 
 import json
+import os
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,10 +160,10 @@ def register(cli: typer.Typer) -> None:
             check_replaceable(out)
         except FileExistsError as exc:
             raise _fail(f"--out: {exc}") from exc
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)  # fails now, not after the training
-        except OSError as exc:
-            raise _fail(f"--out {out}: cannot create its folder: {exc}") from exc
+        existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+        if existing != out.absolute() and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+            # checked now, not after the training (nothing is created yet)
+            raise _fail(f"--out {out}: cannot create its folder under {existing} (not a writable folder)")
         if out.exists() and data_csv.resolve().is_relative_to(out.resolve()):
             raise _fail(f"--out {out} holds the training data {data_csv}; saving the head would delete it")
         target_list = _split_list(targets)
@@ -245,16 +246,24 @@ def register(cli: typer.Typer) -> None:
         registry = HeadRegistry(get_settings().heads_dir)
         cards: dict[str, dict] = {}
         broken: dict[str, str] = {}
+        from app.api.service import describe_head
+
         for head_name in registry.names():
-            try:
+            stage = "unreadable card"
+            try:  # loaded and described as the service does, so a head it would skip is named here
                 card = registry.card(head_name)
                 if not isinstance(card, dict):
                     raise ValueError(f"card.json holds a {type(card).__name__}, not an object")
+                stage = "damaged head"
+                describe_head(head_name, registry.load(head_name), None)
                 cards[head_name] = card
-            except (OSError, ValueError) as exc:  # one damaged card does not hide the others
-                broken[head_name] = f"unreadable card: {type(exc).__name__}: {exc}"
+            except Exception as exc:  # one damaged head does not hide the others
+                first = (str(exc).splitlines() or [""])[0][:300]
+                broken[head_name] = f"{stage}: {type(exc).__name__}: {first}"
         if as_json:
             typer.echo(json.dumps({**cards, **{n: {"error": e} for n, e in broken.items()}}, indent=2))
+            if not registry.root.is_dir():
+                typer.echo(f"no heads folder {registry.root} (MOLFUSION_HEADS_DIR)", err=True)
             raise typer.Exit(1 if broken else 0)
         for head_name, error in broken.items():
             typer.echo(f"{head_name}: {error}")

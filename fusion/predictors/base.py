@@ -8,6 +8,7 @@ probabilities for classification tasks and *standardised* values for regression 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,7 +50,9 @@ RANGES: dict[str, tuple[str, Any]] = {
 
 
 def check_range(name: str, value: Any, owner: str) -> None:
-    """``ValueError`` naming the hyper-parameter when ``value`` is outside its valid range."""
+    """``ValueError`` naming the hyper-parameter when ``value`` is not finite or outside its valid range."""
+    if isinstance(value, float) and not math.isfinite(value):  # lr=Infinity trained nothing
+        raise ValueError(f"hyper-parameter {name!r} of {owner} must be a finite number, got {value!r}")
     rule = RANGES.get(name)
     if rule is not None and not rule[1](value):
         raise ValueError(f"hyper-parameter {name!r} of {owner} must be {rule[0]}, got {value!r}")
