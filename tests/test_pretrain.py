@@ -259,3 +259,103 @@ def test_shipped_checkpoints_are_the_default_and_fit_the_budget() -> None:
         vec = out.vectors[view]
         assert np.isfinite(vec).all()
         assert not np.allclose(vec[0], vec[1]), f"{view} view does not tell aspirin from salicylic acid"
+
+
+def test_encoder_export_is_atomic_and_follows_the_checkpoint(
+    corpus_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped after its checkpoint and before its encoder was written: the rerun of the finished
+    run writes the encoder from the checkpoint (it said 'done' and kept a stale or broken encoder)."""
+    import json
+
+    from models.pretrain import trainer
+
+    cfg = TrainConfig(steps=4, batch_size=64, lr=1e-3, warmup_steps=2, log_every=2, checkpoint_every=2)
+    calls = []
+    real = trainer._export_encoder
+
+    def dies_at_the_last_export(task, export_dir, meta):
+        calls.append(meta["steps"])
+        if meta["steps"] == 4:
+            raise KeyboardInterrupt  # killed between the checkpoint and the encoder
+        real(task, export_dir, meta)
+
+    monkeypatch.setattr(trainer, "_export_encoder", dies_at_the_last_export)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_graph(corpus_file, out, cfg, TINY_GRAPH, device="cpu", workers=1)
+    assert json.loads((out / "encoder" / "molfusion.json").read_text())["steps"] == 2  # the older, whole one
+    assert not (out / "encoder.tmp").exists() or not (out / "encoder.tmp" / "molfusion.json").exists()
+    monkeypatch.setattr(trainer, "_export_encoder", real)
+    pos = pretrain_graph(corpus_file, out, cfg, TINY_GRAPH, device="cpu", workers=1)
+    assert pos.step == 4 and json.loads((out / "encoder" / "molfusion.json").read_text())["steps"] == 4
+
+
+def test_resume_refuses_other_settings_and_a_failed_attempt_leaves_no_vocabulary(
+    corpus_file: Path, tmp_path: Path
+) -> None:
+    from app.cli import cli
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    junk = tmp_path / "junk.csv"
+    junk.write_text("SMILES\nfoo\nbar(\n")
+    res = runner.invoke(cli, ["pretrain", "smiles", "--corpus", str(junk), "--out", str(out), "--steps", "2",
+                              "--device", "cpu"])
+    assert res.exit_code == 2 and "valid SMILES" in res.output
+    base = ["pretrain", "smiles", "--corpus", str(corpus_file), "--out", str(out), "--steps", "4",
+            "--batch-size", "64", "--warmup", "2", "--hidden-size", "32", "--layers", "1", "--heads", "4",
+            "--ffn", "64", "--device", "cpu"]
+    res = runner.invoke(cli, [*base, "--stop-after", "1"])
+    assert res.exit_code == 0, res.output
+    vocab = (out / "tokenizer" / "tokenizer.json").read_text()
+    assert '"foo"' not in vocab  # built from this corpus, not from the failed attempt's
+    for change, word in ((["--batch-size", "32"], "batch_size"), (["--hidden-size", "64"], "hidden_size")):
+        res = runner.invoke(cli, [*base, *change])
+        assert res.exit_code == 2 and "other settings" in res.output and word in res.output, res.output
+    res = runner.invoke(cli, [*base])
+    assert res.exit_code == 0 and "step 4/4" in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--steps", "-5", "--budget-minutes", "0.01"], "steps must be >= 0"),
+        (["--steps", "2", "--device", "banana"], "--device"),
+        (["--steps", "2", "--stop-after", "0"], "--stop-after"),
+        (["--steps", "2", "--max-minutes", "0"], "--max-minutes"),
+        (["--steps", "2", "--lr", "0"], "lr must be > 0"),
+    ],
+)
+def test_cli_refuses_bad_run_options(tmp_path: Path, corpus_file: Path, args: list[str], words: str) -> None:
+    from app.cli import cli
+
+    res = CliRunner().invoke(cli, ["pretrain", "graph", "--corpus", str(corpus_file), "--out",
+                                   str(tmp_path / "o"), *args])
+    assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, res.output
+
+
+def test_cli_names_unreadable_corpora_and_outputs(tmp_path: Path) -> None:
+    from app.cli import cli
+
+    runner = CliRunner()
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    cases = {
+        "empty": (b"", "is empty"),
+        "header only": (b"SMILES\n", "no SMILES"),
+        "plain as gz": (b"SMILES\nCCO\n", "not a readable CSV"),
+    }
+    for case, (data, words) in cases.items():
+        corpus = tmp_path / ("c.csv.gz" if case == "plain as gz" else "c.csv")
+        corpus.write_bytes(data)
+        res = runner.invoke(cli, ["pretrain", "smiles", "--corpus", str(corpus), "--out", str(tmp_path / "o"),
+                                  "--steps", "2", "--device", "cpu"])
+        assert res.exit_code == 2 and words in res.output, (case, res.output)
+        assert "Traceback" not in res.output, case
+    res = runner.invoke(cli, ["pretrain", "smiles", "--corpus", str(tmp_path), "--out", str(tmp_path / "o"),
+                              "--steps", "2"])
+    assert res.exit_code == 2 and "is a directory" in res.output
+    args = ["pretrain", "graph", "--corpus", str(a_file), "--out", str(a_file), "--steps", "2"]
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 2 and "is a file, not a run folder" in res.output

@@ -22,6 +22,20 @@ def _fail(message: str) -> typer.Exit:
 def _check_corpus(corpus: Path) -> None:
     if not corpus.exists():
         raise _fail(f"--corpus: file not found: {corpus}")
+    if corpus.is_dir():
+        raise _fail(f"--corpus: {corpus} is a directory, not a CSV file")
+
+
+def _check_run(out: Path, device: str, max_minutes: float | None) -> None:
+    """The run folder, device and stop options, before any corpus is read."""
+    import re
+
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out: {out} is a file, not a run folder")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise _fail(f"--device: must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if max_minutes is not None and max_minutes <= 0:
+        raise _fail(f"--max-minutes: must be > 0, got {max_minutes:g}")
 
 
 def _train_config(steps: int, budget_minutes: float, batch_size: int, lr: float, warmup: int,
@@ -95,9 +109,9 @@ def register(cli: typer.Typer) -> None:
         steps: int = typer.Option(0, help="Optimizer steps; 0 = derive from --budget-minutes."),
         budget_minutes: float = typer.Option(0.0, help="Training time to fill when --steps is 0."),
         max_minutes: float | None = typer.Option(None, help="Stop this call after a checkpoint (resumable)."),
-        stop_after: int | None = typer.Option(None, help="Stop this call after this many steps."),
+        stop_after: int | None = typer.Option(None, min=1, help="Stop this call after this many steps."),
         batch_size: int = typer.Option(512, min=1),
-        lr: float = typer.Option(8e-4, min=0.0),
+        lr: float = typer.Option(8e-4, min=0.0, help="Peak learning rate (> 0)."),
         warmup: int = typer.Option(500, min=1),
         weight_decay: float = typer.Option(0.01, min=0.0),
         seed: int = typer.Option(0),
@@ -108,12 +122,13 @@ def register(cli: typer.Typer) -> None:
         heads: int = typer.Option(8, min=1),
         ffn: int = typer.Option(1024, min=8),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-        limit: int | None = typer.Option(None, help="Only the first LIMIT corpus rows."),
+        limit: int | None = typer.Option(None, min=1, help="Only the first LIMIT corpus rows."),
     ) -> None:
         """Masked-language-model pretraining of the SMILES transformer."""
         from models.pretrain.pipelines import pretrain_smiles
 
         _check_corpus(corpus)
+        _check_run(out, device, max_minutes)
         if hidden_size % heads:
             raise _fail(f"--hidden-size {hidden_size} is not divisible by --heads {heads}")
         cfg = _train_config(steps, budget_minutes, batch_size, lr, warmup, weight_decay, seed,
@@ -124,8 +139,8 @@ def register(cli: typer.Typer) -> None:
             pos = pretrain_smiles(corpus, out, cfg, overrides, device=device, limit=limit,
                                   stop_after=stop_after,
                                   max_seconds=max_minutes * 60 if max_minutes else None)
-        except ValueError as exc:
-            raise _fail(f"--corpus: {exc}") from exc
+        except (ValueError, RuntimeError) as exc:  # corpus, resume and device problems, each named
+            raise _fail(str(exc)) from exc
         typer.echo(f"step {pos.step}/{pos.total_steps}; encoder in {out / 'encoder'}")
 
     @group.command("graph")
@@ -135,7 +150,7 @@ def register(cli: typer.Typer) -> None:
         steps: int = typer.Option(0, help="Optimizer steps; 0 = derive from --budget-minutes."),
         budget_minutes: float = typer.Option(0.0, help="Training time to fill when --steps is 0."),
         max_minutes: float | None = typer.Option(None, help="Stop this call after a checkpoint (resumable)."),
-        stop_after: int | None = typer.Option(None, help="Stop this call after this many steps."),
+        stop_after: int | None = typer.Option(None, min=1, help="Stop this call after this many steps."),
         batch_size: int = typer.Option(512, min=1),
         lr: float = typer.Option(1e-3, min=0.0),
         warmup: int = typer.Option(500, min=1),
@@ -147,21 +162,22 @@ def register(cli: typer.Typer) -> None:
         layers: int = typer.Option(5, min=1),
         workers: int = typer.Option(0, help="Featurization processes; 0 = all cores."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-        limit: int | None = typer.Option(None, help="Only the first LIMIT corpus rows."),
+        limit: int | None = typer.Option(None, min=1, help="Only the first LIMIT corpus rows."),
         motifs: bool = typer.Option(True, help="Add the functional-group motif objective on the readout."),
     ) -> None:
         """Self-supervised pretraining of the graph encoder (masked attributes + motif presence)."""
         from models.pretrain.pipelines import pretrain_graph
 
         _check_corpus(corpus)
+        _check_run(out, device, max_minutes)
         cfg = _train_config(steps, budget_minutes, batch_size, lr, warmup, weight_decay, seed,
                             checkpoint_every, log_every)
         try:
             pos = pretrain_graph(corpus, out, cfg, {"hidden_size": hidden_size, "num_layers": layers},
                                  device=device, limit=limit, workers=workers, motifs=motifs,
                                  max_seconds=max_minutes * 60 if max_minutes else None, stop_after=stop_after)
-        except ValueError as exc:
-            raise _fail(f"--corpus: {exc}") from exc
+        except (ValueError, RuntimeError) as exc:
+            raise _fail(str(exc)) from exc
         typer.echo(f"step {pos.step}/{pos.total_steps}; encoder in {out / 'encoder'}")
 
     @group.command("plot")

@@ -123,18 +123,26 @@ def read_corpus(path: Path, column: str = CORPUS_COLUMN, limit: int | None = Non
     """Non-empty values of ``column`` from a (gzipped) CSV, at most ``limit`` rows (csv module only, so
     the GPU host needs no pandas)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader)
-        if column not in header:
-            raise ValueError(f"{path}: no column {column!r} (columns: {header})")
-        j = header.index(column)
-        out: list[str] = []
-        for row in reader:
-            if limit is not None and len(out) >= limit:
-                break
-            if len(row) > j and row[j]:
-                out.append(row[j])
+    try:
+        with opener(path, "rt", newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"{path} is empty")
+            if column not in header:
+                raise ValueError(f"{path}: no column {column!r} (columns: {header})")
+            j = header.index(column)
+            out: list[str] = []
+            for row in reader:
+                if limit is not None and len(out) >= limit:
+                    break
+                if len(row) > j and row[j]:
+                    out.append(row[j])
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:  # a folder, bad gzip, binary data
+        hint = " (is it gzip-compressed? name it .gz)" if isinstance(exc, UnicodeDecodeError) else ""
+        raise ValueError(f"{path} is not a readable CSV{hint}: {exc}") from exc
+    if not out:
+        raise ValueError(f"{path}: no SMILES in column {column!r}")
     return out
 
 

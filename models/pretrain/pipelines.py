@@ -22,7 +22,7 @@ import torch
 
 from models.embedder import device_description, resolve_device
 from models.pretrain.corpus import read_corpus
-from models.pretrain.trainer import Position, TrainConfig, train
+from models.pretrain.trainer import Position, TrainConfig, check_resumable, has_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,15 @@ DATA_FILE = "data.json"
 def _write_data_info(out: Path, info: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / DATA_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _require_valid_smiles(corpus: Path, smiles: list[str], sample: int = 1000) -> None:
+    """A SMILES corpus must hold SMILES: at least one valid among the first ``sample`` (the MLM itself
+    would learn any text)."""
+    from models.chemistry import parse_smiles
+
+    if not any(parse_smiles(s).error is None for s in smiles[:sample]):
+        raise ValueError(f"{corpus}: none of its first {min(sample, len(smiles))} entries is a valid SMILES")
 
 
 def pretrain_smiles(
@@ -53,12 +62,14 @@ def pretrain_smiles(
     from models.tokenizer import build_tokenizer, load_tokenizer
 
     dev = resolve_device(device)
+    check_resumable(out, cfg, {"corpus": corpus.name, "model": model_overrides or {}})
     t0 = time.monotonic()
     smiles = read_corpus(corpus, limit=limit)
+    _require_valid_smiles(corpus, smiles)
     tok_dir = out / TOKENIZER_DIR
-    if (tok_dir / "tokenizer.json").exists():
+    if has_checkpoint(out) and (tok_dir / "tokenizer.json").exists():  # the run's own vocabulary
         tokenizer = load_tokenizer(tok_dir)
-    else:
+    else:  # a new run: built from this corpus (a failed earlier attempt's tokenizer is not reused)
         tokenizer = build_tokenizer(smiles)
         tokenizer.save_pretrained(str(tok_dir))
     config = MolFormerConfig(vocab_size=len(tokenizer), **(model_overrides or {}))
@@ -75,7 +86,8 @@ def pretrain_smiles(
     log.info("smiles corpus ready", extra={"molecules": len(tokens), "seconds": round(prep_s, 1),
                                            "parameters": n_params})
     meta = {"objective": "masked language modelling 15% (80/10/10)", "corpus": corpus.name,
-            "corpus_molecules": len(tokens), "batch_size": cfg.batch_size, "train_config": asdict(cfg)}
+            "corpus_molecules": len(tokens), "batch_size": cfg.batch_size, "train_config": asdict(cfg),
+            "model": model_overrides or {}}
     if before_train is not None:
         before_train()
     return train(task, cfg, out, max_seconds=max_seconds, stop_after=stop_after,
@@ -107,10 +119,13 @@ def pretrain_graph(
     from models.smiles_encoder import count_parameters
 
     dev = resolve_device(device)
+    check_resumable(out, cfg, {"corpus": corpus.name, "model": model_overrides or {}})
     t0 = time.monotonic()
     smiles = read_corpus(corpus, limit=limit)
     featurized = featurize_smiles(smiles, workers=workers)
     graphs = [f.graph for f in featurized if f.graph is not None]
+    if not graphs:
+        raise ValueError(f"{corpus}: none of its {len(smiles)} SMILES is valid")
     canonical = [f.canonical for f in featurized if f.graph is not None]
     data = GraphCorpus.from_graphs(graphs)
     del featurized, graphs
@@ -136,7 +151,8 @@ def pretrain_graph(
     if motif_matrix is not None:
         objective += f" + presence of {motif_matrix.shape[1]} RDKit functional-group motifs (BCE, readout)"
     meta = {"objective": objective, "corpus": corpus.name,
-            "corpus_molecules": len(data), "batch_size": cfg.batch_size, "train_config": asdict(cfg)}
+            "corpus_molecules": len(data), "batch_size": cfg.batch_size, "train_config": asdict(cfg),
+            "model": model_overrides or {}}
     if before_train is not None:
         before_train()
     return train(task, cfg, out, max_seconds=max_seconds, stop_after=stop_after,

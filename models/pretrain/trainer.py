@@ -65,6 +65,12 @@ class TrainConfig:
     log_every: int = 100
 
     def validate(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0 (0 = derive from the time budget), got {self.steps}")
+        if self.time_budget_s < 0:
+            raise ValueError(f"the time budget must be >= 0, got {self.time_budget_s}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.steps <= 0 and self.time_budget_s <= 0:
             raise ValueError("set either steps > 0 or time_budget_s > 0")
         if self.steps <= 0 and self.calibrate_steps >= self.warmup_steps:
@@ -205,7 +211,56 @@ def load_checkpoint(
 
 
 def has_checkpoint(out: Path) -> bool:
+    """Whether ``out`` holds a checkpoint; a run killed between :func:`save_checkpoint`'s two renames
+    left only ``state.old`` (the previous, complete checkpoint), which is put back first."""
+    old = out / (STATE_DIR + ".old")
+    if not (out / STATE_DIR).exists() and (old / TRAINER_FILE).exists():
+        old.rename(out / STATE_DIR)
     return (out / STATE_DIR / TRAINER_FILE).exists()
+
+
+def check_resumable(out: Path, cfg: TrainConfig, meta: dict) -> None:
+    """``ValueError`` when ``out`` holds a run made with other settings than ``cfg`` or another corpus or
+    model (``meta["corpus"]``, ``meta["model"]``): resuming would train with the old ones and record the
+    new ones. Reads only ``trainer.json``, so callers run it before writing anything into ``out``."""
+    if not has_checkpoint(out):
+        return
+    try:
+        saved = json.loads((out / STATE_DIR / TRAINER_FILE).read_text())
+        saved_cfg = saved["config"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{out}/{STATE_DIR}/{TRAINER_FILE} is damaged ({exc}); remove {out}/{STATE_DIR} "
+                         "to start over") from exc
+    new_cfg = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, as stored
+    differ = [f"{k}: {saved_cfg.get(k)!r} in the run, {v!r} now" for k, v in new_cfg.items()
+              if saved_cfg.get(k) != v]
+    saved_meta = saved.get("meta", {})
+    differ += [f"{k}: {saved_meta.get(k)!r} in the run, {meta.get(k)!r} now" for k in ("corpus", "model")
+               if k in saved_meta and saved_meta.get(k) != meta.get(k)]
+    if differ:
+        raise ValueError(f"{out} holds a run with other settings ({'; '.join(differ)}); resume with the same "
+                         "options or use a new --out")
+
+
+def _export_encoder(task: PretrainTask, export_dir: Path, meta: dict) -> None:
+    """Write the encoder into a temporary folder and rename it into place, so a run stopped meanwhile
+    never leaves a half-written or mislabelled encoder (its version names its weights)."""
+    tmp = export_dir.with_name(export_dir.name + ".tmp")
+    old = export_dir.with_name(export_dir.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    task.export(tmp, meta)
+    shutil.rmtree(old, ignore_errors=True)
+    if export_dir.exists():
+        export_dir.rename(old)
+    tmp.rename(export_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exported_steps(export_dir: Path) -> int | None:
+    try:
+        return json.loads((export_dir / "molfusion.json").read_text()).get("steps")
+    except (OSError, ValueError):
+        return None
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -235,7 +290,12 @@ def train(
     device = next(task.model.parameters()).device
     opt = make_optimizer(task.model, cfg)
     if has_checkpoint(out):
-        cfg, position = load_checkpoint(out, task, opt)
+        check_resumable(out, cfg, meta or {})
+        try:
+            cfg, position = load_checkpoint(out, task, opt)
+        except Exception as exc:  # missing or damaged files in state/
+            raise ValueError(f"the checkpoint in {out}/{STATE_DIR} cannot be loaded ({type(exc).__name__}: "
+                             f"{exc}); remove {out}/{STATE_DIR} to start over") from exc
         log.info("resumed", extra={"step": position.step, "epoch": position.epoch, "out": str(out)})
     else:
         cfg.validate()
@@ -251,15 +311,16 @@ def train(
     count = 0
     invocation_steps = 0
     task.model.train()
+    calib_from = min(20, cfg.calibrate_steps // 2)  # steps before it (start-up) are not timed
     while position.total_steps == 0 or position.step < position.total_steps:
-        if position.total_steps == 0 and position.step == 20:
+        if position.total_steps == 0 and position.step == calib_from:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             calib_start = time.monotonic()
         if position.total_steps == 0 and position.step == cfg.calibrate_steps:
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            rate = (cfg.calibrate_steps - 20) / (time.monotonic() - (calib_start or start))
+            rate = (cfg.calibrate_steps - calib_from) / (time.monotonic() - (calib_start or start))
             position.total_steps = max(cfg.warmup_steps + 1, int(rate * cfg.time_budget_s) // 100 * 100)
             log.info("length calibrated",
                      extra={"steps_per_s": round(rate, 2), "steps": position.total_steps})
@@ -294,10 +355,14 @@ def train(
         if done or out_of_time or stop or position.step % cfg.checkpoint_every == 0:
             save_checkpoint(out, task, opt, cfg, position, {"meta": meta or {}})
             if export_dir is not None:
-                task.export(export_dir, {**(meta or {}), "steps": position.step,
-                                         "planned_steps": position.total_steps})
+                _export_encoder(task, export_dir, {**(meta or {}), "steps": position.step,
+                                                   "planned_steps": position.total_steps})
             log.info("checkpoint", extra={"step": position.step, "out": str(out)})
         if done or out_of_time or stop:
             break
+    if export_dir is not None and _exported_steps(export_dir) != position.step:
+        # stopped after the checkpoint and before the encoder was written: write it from the checkpoint
+        _export_encoder(task, export_dir, {**(meta or {}), "steps": position.step,
+                                           "planned_steps": position.total_steps})
     task.model.eval()
     return position
