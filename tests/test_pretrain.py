@@ -359,3 +359,14 @@ def test_cli_names_unreadable_corpora_and_outputs(tmp_path: Path) -> None:
     args = ["pretrain", "graph", "--corpus", str(a_file), "--out", str(a_file), "--steps", "2"]
     res = runner.invoke(cli, args)
     assert res.exit_code == 2 and "is a file, not a run folder" in res.output
+
+
+def test_plot_names_an_empty_or_foreign_log(tmp_path: Path) -> None:
+    from app.cli import cli
+
+    log = tmp_path / "log.jsonl"
+    for text, words in (("", "no logged step"), ("not json\n", "not a pretraining log")):
+        log.write_text(text)
+        args = ["pretrain", "plot", "--log", str(log), "--out", str(tmp_path / "p.png")]
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 2 and words in res.output, res.output

@@ -191,7 +191,10 @@ def register(cli: typer.Typer) -> None:
 
         if not log_file.exists():
             raise _fail(f"--log: file not found: {log_file}")
-        plot_log(log_file, out, title)
+        try:
+            plot_log(log_file, out, title)
+        except ValueError as exc:
+            raise _fail(f"--log: {exc}") from exc
         typer.echo(f"wrote {out}")
 
     cli.add_typer(group, name="pretrain")

@@ -13,7 +13,12 @@ def plot_log(log_file: Path, out_png: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in log_file.read_text().splitlines() if line]
+    try:
+        records = [json.loads(line) for line in log_file.read_text().splitlines() if line]
+    except ValueError as exc:
+        raise ValueError(f"{log_file} is not a pretraining log (one JSON object per line): {exc}") from exc
+    if not records:
+        raise ValueError(f"{log_file} holds no logged step yet")
     steps = [r["step"] for r in records]
     losses = [k for k in records[0] if k.endswith("loss")]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
