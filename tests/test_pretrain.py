@@ -310,9 +310,20 @@ def test_resume_refuses_other_settings_and_a_failed_attempt_leaves_no_vocabulary
     assert res.exit_code == 0, res.output
     vocab = (out / "tokenizer" / "tokenizer.json").read_text()
     assert '"foo"' not in vocab  # built from this corpus, not from the failed attempt's
-    for change, word in ((["--batch-size", "32"], "batch_size"), (["--hidden-size", "64"], "hidden_size")):
-        res = runner.invoke(cli, [*base, *change])
+    other = tmp_path / "elsewhere" / corpus_file.name  # same file name, other molecules
+    other.parent.mkdir()
+    write_corpus(read_corpus(corpus_file)[::-1], other)
+    elsewhere = [other if a == str(corpus_file) else a for a in base]
+    for args, word in (
+        ([*base, "--batch-size", "32"], "batch_size"),
+        ([*base, "--hidden-size", "64"], "hidden_size"),
+        ([*base, "--limit", "100"], "limit"),
+        ([str(a) for a in elsewhere], "corpus_sha256"),
+    ):
+        before = (out / "data.json").read_text()
+        res = runner.invoke(cli, args)
         assert res.exit_code == 2 and "other settings" in res.output and word in res.output, res.output
+        assert (out / "data.json").read_text() == before  # refused before writing anything
     res = runner.invoke(cli, [*base])
     assert res.exit_code == 0 and "step 4/4" in res.output
 
@@ -325,6 +336,7 @@ def test_resume_refuses_other_settings_and_a_failed_attempt_leaves_no_vocabulary
         (["--steps", "2", "--stop-after", "0"], "--stop-after"),
         (["--steps", "2", "--max-minutes", "0"], "--max-minutes"),
         (["--steps", "2", "--lr", "0"], "lr must be > 0"),
+        (["--budget-minutes", "1", "--warmup", "2"], "needs at least 10 steps"),
     ],
 )
 def test_cli_refuses_bad_run_options(tmp_path: Path, corpus_file: Path, args: list[str], words: str) -> None:
@@ -370,3 +382,17 @@ def test_plot_names_an_empty_or_foreign_log(tmp_path: Path) -> None:
         args = ["pretrain", "plot", "--log", str(log), "--out", str(tmp_path / "p.png")]
         res = CliRunner().invoke(cli, args)
         assert res.exit_code == 2 and words in res.output, res.output
+
+
+def test_resume_refuses_switching_the_motif_objective(corpus_file: Path, tmp_path: Path) -> None:
+    from app.cli import cli
+
+    out = tmp_path / "g"
+    base = ["pretrain", "graph", "--corpus", str(corpus_file), "--out", str(out), "--steps", "4",
+            "--batch-size", "64", "--warmup", "2", "--hidden-size", "8", "--layers", "1", "--workers", "1",
+            "--device", "cpu"]
+    assert CliRunner().invoke(cli, [*base, "--stop-after", "1"]).exit_code == 0
+    before = (out / "data.json").read_text()
+    res = CliRunner().invoke(cli, [*base, "--no-motifs"])
+    assert res.exit_code == 2 and "motifs: True in the run, False now" in res.output, res.output
+    assert (out / "data.json").read_text() == before

@@ -46,10 +46,13 @@ def _train_config(steps: int, budget_minutes: float, batch_size: int, lr: float,
                       warmup_steps=warmup, weight_decay=weight_decay, seed=seed,
                       checkpoint_every=checkpoint_every, log_every=log_every,
                       calibrate_steps=min(200, max(warmup - 1, 1)))
+    if steps == 0 and warmup < 10:
+        raise _fail(f"--warmup {warmup}: with --budget-minutes the speed is measured over the warm-up, "
+                    "which needs at least 10 steps")
     try:
         cfg.validate()
     except ValueError as exc:
-        raise _fail(f"--steps/--budget-minutes/--warmup: {exc}") from exc
+        raise _fail(str(exc)) from exc
     return cfg
 
 

@@ -11,6 +11,7 @@ it to start both pipelines' timed training together when they share one GPU).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -34,6 +35,17 @@ DATA_FILE = "data.json"
 def _write_data_info(out: Path, info: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / DATA_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _run_identity(corpus: Path, limit: int | None, model_overrides: dict | None) -> dict:
+    """What a resume must find unchanged besides the TrainConfig (``trainer.RUN_IDENTITY``): the corpus
+    (name and content digest), the row limit and the model shape."""
+    digest = hashlib.sha256()
+    with corpus.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"corpus": corpus.name, "corpus_sha256": digest.hexdigest(), "limit": limit,
+            "model": model_overrides or {}}
 
 
 def _require_valid_smiles(corpus: Path, smiles: list[str], sample: int = 1000) -> None:
@@ -62,7 +74,8 @@ def pretrain_smiles(
     from models.tokenizer import build_tokenizer, load_tokenizer
 
     dev = resolve_device(device)
-    check_resumable(out, cfg, {"corpus": corpus.name, "model": model_overrides or {}})
+    identity = _run_identity(corpus, limit, model_overrides)
+    check_resumable(out, cfg, identity)
     t0 = time.monotonic()
     smiles = read_corpus(corpus, limit=limit)
     _require_valid_smiles(corpus, smiles)
@@ -87,7 +100,7 @@ def pretrain_smiles(
                                            "parameters": n_params})
     meta = {"objective": "masked language modelling 15% (80/10/10)", "corpus": corpus.name,
             "corpus_molecules": len(tokens), "batch_size": cfg.batch_size, "train_config": asdict(cfg),
-            "model": model_overrides or {}}
+            **identity}
     if before_train is not None:
         before_train()
     return train(task, cfg, out, max_seconds=max_seconds, stop_after=stop_after,
@@ -119,7 +132,8 @@ def pretrain_graph(
     from models.smiles_encoder import count_parameters
 
     dev = resolve_device(device)
-    check_resumable(out, cfg, {"corpus": corpus.name, "model": model_overrides or {}})
+    identity = {**_run_identity(corpus, limit, model_overrides), "motifs": motifs}
+    check_resumable(out, cfg, identity)
     t0 = time.monotonic()
     smiles = read_corpus(corpus, limit=limit)
     featurized = featurize_smiles(smiles, workers=workers)
@@ -152,7 +166,7 @@ def pretrain_graph(
         objective += f" + presence of {motif_matrix.shape[1]} RDKit functional-group motifs (BCE, readout)"
     meta = {"objective": objective, "corpus": corpus.name,
             "corpus_molecules": len(data), "batch_size": cfg.batch_size, "train_config": asdict(cfg),
-            "model": model_overrides or {}}
+            **identity}
     if before_train is not None:
         before_train()
     return train(task, cfg, out, max_seconds=max_seconds, stop_after=stop_after,

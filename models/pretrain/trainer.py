@@ -66,13 +66,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.steps < 0:
-            raise ValueError(f"steps must be >= 0 (0 = derive from the time budget), got {self.steps}")
+            raise ValueError(f"--steps: steps must be >= 0 (0 = use the time budget), got {self.steps}")
         if self.time_budget_s < 0:
-            raise ValueError(f"the time budget must be >= 0, got {self.time_budget_s}")
+            raise ValueError(f"--budget-minutes: the time budget must be >= 0, got {self.time_budget_s}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ValueError(f"--lr: lr must be > 0, got {self.lr}")
         if self.steps <= 0 and self.time_budget_s <= 0:
-            raise ValueError("set either steps > 0 or time_budget_s > 0")
+            raise ValueError("--steps/--budget-minutes: set either steps > 0 or a time budget > 0")
         if self.steps <= 0 and self.calibrate_steps >= self.warmup_steps:
             raise ValueError("calibrate_steps must be smaller than warmup_steps when steps are derived")
         if self.batch_size < 1:
@@ -219,10 +219,14 @@ def has_checkpoint(out: Path) -> bool:
     return (out / STATE_DIR / TRAINER_FILE).exists()
 
 
+# What a run is, beyond its TrainConfig: a resume must not change any of it (keys of the run's meta).
+RUN_IDENTITY = ("corpus", "corpus_sha256", "limit", "model", "motifs")
+
+
 def check_resumable(out: Path, cfg: TrainConfig, meta: dict) -> None:
-    """``ValueError`` when ``out`` holds a run made with other settings than ``cfg`` or another corpus or
-    model (``meta["corpus"]``, ``meta["model"]``): resuming would train with the old ones and record the
-    new ones. Reads only ``trainer.json``, so callers run it before writing anything into ``out``."""
+    """``ValueError`` when ``out`` holds a run made with other settings than ``cfg`` or another corpus,
+    row limit or model (:data:`RUN_IDENTITY` keys of ``meta``): resuming would train with the old ones
+    and record the new ones. Reads only ``trainer.json``, so callers run it before writing into ``out``."""
     if not has_checkpoint(out):
         return
     try:
@@ -235,7 +239,7 @@ def check_resumable(out: Path, cfg: TrainConfig, meta: dict) -> None:
     differ = [f"{k}: {saved_cfg.get(k)!r} in the run, {v!r} now" for k, v in new_cfg.items()
               if saved_cfg.get(k) != v]
     saved_meta = saved.get("meta", {})
-    differ += [f"{k}: {saved_meta.get(k)!r} in the run, {meta.get(k)!r} now" for k in ("corpus", "model")
+    differ += [f"{k}: {saved_meta.get(k)!r} in the run, {meta.get(k)!r} now" for k in RUN_IDENTITY
                if k in saved_meta and saved_meta.get(k) != meta.get(k)]
     if differ:
         raise ValueError(f"{out} holds a run with other settings ({'; '.join(differ)}); resume with the same "
