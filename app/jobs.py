@@ -114,15 +114,11 @@ def recommendation_options(settings: Settings, method: str, exclude: list[str] |
 
 def validate_upload(data: bytes, params: dict, settings: Settings, policy=None):
     """Parse and validate an uploaded target CSV (raises :class:`grouping.target.TargetError`)."""
+    from app.factory import parse_policy
     from grouping.target import parse_target, read_csv_bytes
-    from models.chemistry import ParsePolicy
 
     df = read_csv_bytes(data, settings.upload_max_bytes, settings.upload_max_rows)
-    policy = policy or ParsePolicy(
-        max_smiles_length=settings.max_smiles_length,
-        max_atoms=settings.max_atoms,
-        salt_policy=settings.salt_policy,
-    )
+    policy = policy or parse_policy(settings)
     return parse_target(
         df,
         params.get("name") or "target",

@@ -793,10 +793,14 @@ def test_recommend_cli_writes_json_and_chart(
     assert {r["dataset"] for r in result["candidates"]} == {"esol", "pampa"}
     assert result["evidence"] is None and (tmp_path / "r" / "result.png").stat().st_size > 1000
     assert result["settings"]["exclude"] == exclude.split(",")
+    from app import jobs
+
+    reset_shared_embedder()
     bad = CliRunner().invoke(
         cli, ["recommend", str(target), "-o", str(tmp_path / "x.json"), "--targets", "nope"]
     )
     assert bad.exit_code == 2 and "--targets" in bad.output and "nope" in bad.output
+    assert jobs._embedder is None  # refused before the encoders were loaded
     (tmp_path / "afile").write_text("x")
     before = target.read_bytes()
     # each refused before any work, naming the option, with the input left alone: the input itself, a

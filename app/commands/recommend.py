@@ -163,6 +163,7 @@ def register(cli: typer.Typer) -> None:
         exclude: str | None = typer.Option(None, help="Comma-separated catalog sets to leave out."),
     ) -> None:
         """Recommend auxiliary data sets to train TARGET_CSV's property with, with scores and evidence."""
+        from app.factory import parse_policy
         from app.jobs import grouping_cache_dir, recommendation_options, shared_embedder
         from grouping.catalog import CatalogError, without
         from grouping.methods import METHODS
@@ -180,8 +181,7 @@ def register(cli: typer.Typer) -> None:
             without(entries, skip)  # checked before any work; recommend() applies it
         except CatalogError as exc:
             raise _fail(f"--exclude: {exc}") from exc
-        embedder = shared_embedder()
-        try:
+        try:  # checked before the encoders load
             df = read_csv_bytes(
                 target_csv.read_bytes(), settings.upload_max_bytes, settings.upload_max_rows
             )
@@ -192,10 +192,11 @@ def register(cli: typer.Typer) -> None:
                 [t.strip() for t in targets.split(",") if t.strip()] or None if targets else None,
                 task_type,
                 settings.upload_min_rows,
-                embedder.policy,
+                parse_policy(settings),
             )
         except TargetError as exc:
             raise _fail(f"{_CLI_NAMES.get(exc.field, exc.field)}: {exc}") from exc
+        embedder = shared_embedder()
         options = recommendation_options(settings, method, skip)
         if evidence_seeds is not None:
             options.evidence_seeds = evidence_seeds
