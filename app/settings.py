@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _REPO_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")  # MOLFUSION_DEVICE and the CLI's --device
 
 
 class Settings(BaseSettings):
@@ -162,7 +163,7 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        if not DEVICE_PATTERN.fullmatch(value):
             raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         return value
 

@@ -198,10 +198,8 @@ def build_model(
     hparams: dict,
 ) -> TrainedModel:
     """Fit fusion (train rows only), label scaling (train rows only) and the predictor."""
-    if head not in PREDICTORS:
-        raise ValueError(f"head must be one of {list(PREDICTORS)}, got {head!r}")
+    fusion_args, params = split_hparams(head, fusion, hparams)  # (also refuses an unknown head)
     predictor_cls = PREDICTORS[head]
-    fusion_args, params = split_hparams(head, fusion, hparams)
     pre = FusionPreprocessor.fit(views, train_idx, fusion, seed=seed, **fusion_args)
     if pre.reducer is not None:
         fusion_args["n_components"] = pre.reducer.out_dim  # as used: at most the rows and columns there are

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from fusion.card import file_sha256
 from fusion.datasets import cached_views, load_dataset
 from fusion.predictors.base import WEIGHTS_FILE
 from fusion.registry import DEFAULT_HEADS_DIR
 from fusion.training import seed_runs_card, train_seeds
+from models.checkpoint import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from fusion.card import file_sha256
 from fusion.head import read_card
 from fusion.metrics import evaluate, is_better, primary_metric
 from fusion.model import TASK_TYPES, TrainedModel, build_model, split_hparams
 from fusion.splits import group_ids, make_split, scaffold_split
+from models.checkpoint import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def read_label_table(
 ) -> tuple[list[str], np.ndarray, str]:
     """SMILES and the float label matrix (NaN = an empty or ``nan`` cell) of ``targets``; errors name the
     column and the row's line in the file (the header is line 1; blank lines count)."""
-    from models.tabular import MAX_ABS_LABEL, resolve_smiles_column, without_blank_rows
+    from models.tabular import MAX_ABS_LABEL, repeated_names, resolve_smiles_column, without_blank_rows
 
     repeated = sorted({t for t in targets if targets.count(t) > 1})
     if repeated:
@@ -178,7 +178,7 @@ def read_label_table(
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except ValueError as exc:  # TableError, and pandas' parser, empty-file and decoding errors
         raise LabelTableError(str(exc)) from exc
-    doubled = sorted({n for n in names if n and names.count(n) > 1})  # (empty cells: Excel's trailing commas)
+    doubled = repeated_names(names)
     if doubled:
         raise LabelTableError(f"column name(s) {doubled} occur more than once in the header of {path.name}")
     missing = [t for t in targets if t not in frame.columns]

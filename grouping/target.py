@@ -22,7 +22,13 @@ import pandas as pd
 
 from grouping.catalog import UNNAMED_COLUMN
 from models.chemistry import ParsePolicy, parse_smiles
-from models.tabular import MAX_ABS_LABEL, TableError, detect_smiles_column, without_blank_rows
+from models.tabular import (
+    MAX_ABS_LABEL,
+    TableError,
+    detect_smiles_column,
+    repeated_names,
+    without_blank_rows,
+)
 
 TASK_TYPE_CHOICES = ("auto", "classification", "regression")
 
@@ -96,7 +102,7 @@ def read_csv_bytes(data: bytes, max_bytes: int, max_rows: int) -> pd.DataFrame:
         raise TargetError(f"the file is not a readable CSV: {exc}", "file", 400) from exc
     df = without_blank_rows(df)  # messages name a row by its line in the file: index + 2
     header = _header_names(data)
-    repeated = sorted({name for name in header if name and header.count(name) > 1})
+    repeated = repeated_names(header)
     if repeated:
         raise TargetError(f"column name(s) {repeated} occur more than once in the header", "file", 422)
     if df.shape[1] < 2:

@@ -22,6 +22,15 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:12]
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (training tables, pretraining corpora)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_meta(directory: Path, name: str, kind: str, version: str, extra: dict | None = None) -> None:
     meta = {"name": name, "kind": kind, "version": version, **(extra or {})}
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

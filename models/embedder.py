@@ -271,7 +271,8 @@ class Embedder:
     def _vectors(self, view: str, unique: list[str], mols: dict, graphs: dict[str, MolGraph]) -> np.ndarray:
         encoder = self.smiles if view == "smiles" else self.graph
         table = np.empty((len(unique), encoder.dim), dtype=np.float32)
-        keys = [cache_key(self.vector_versions[view], c) for c in unique]
+        tag = self.vector_versions[view]  # once: the property builds a dict
+        keys = [cache_key(tag, c) for c in unique]
         cached = self.cache.get_many(keys) if self.cache is not None and unique else [None] * len(unique)
         missing = [j for j, vec in enumerate(cached) if vec is None or vec.shape != (encoder.dim,)]
         for j, vec in enumerate(cached):

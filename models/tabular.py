@@ -20,6 +20,12 @@ class TableError(ValueError):
     """A problem with a user's table (missing column, unreadable file); the message names it."""
 
 
+def repeated_names(header: list[str]) -> list[str]:
+    """The header's names written more than once (empty cells, e.g. Excel's trailing commas, are not
+    names); pandas would rename the repeats (``y``, ``y.1``) and hide them."""
+    return sorted({name for name in header if name and header.count(name) > 1})
+
+
 def without_blank_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` (read with ``dtype=str, keep_default_na=False, skip_blank_lines=False``) without the rows
     whose cells are all empty or whitespace (blank lines, ``,,``). The index is kept, so ``index + 2`` is

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from app.settings import get_settings
+from app.settings import DEVICE_PATTERN, get_settings
 
 
 def _fail(message: str) -> typer.Exit:
@@ -28,11 +28,9 @@ def _check_corpus(corpus: Path) -> None:
 
 def _check_run(out: Path, device: str, max_minutes: float | None) -> None:
     """The run folder, device and stop options, before any corpus is read."""
-    import re
-
     if out.exists() and not out.is_dir():
         raise _fail(f"--out: {out} is a file, not a run folder")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+    if not DEVICE_PATTERN.fullmatch(device):
         raise _fail(f"--device: must be auto, cpu, cuda or cuda:N, got {device!r}")
     if max_minutes is not None and max_minutes <= 0:
         raise _fail(f"--max-minutes: must be > 0, got {max_minutes:g}")

@@ -11,7 +11,6 @@ it to start both pipelines' timed training together when they share one GPU).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from models.checkpoint import file_sha256
 from models.embedder import device_description, resolve_device
 from models.pretrain.corpus import read_corpus
 from models.pretrain.trainer import Position, TrainConfig, check_resumable, has_checkpoint, train
@@ -40,11 +40,7 @@ def _write_data_info(out: Path, info: dict) -> None:
 def _run_identity(corpus: Path, limit: int | None, model_overrides: dict | None) -> dict:
     """What a resume must find unchanged besides the TrainConfig (``trainer.RUN_IDENTITY``): the corpus
     (name and content digest), the row limit and the model shape."""
-    digest = hashlib.sha256()
-    with corpus.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"corpus": corpus.name, "corpus_sha256": digest.hexdigest(), "limit": limit,
+    return {"corpus": corpus.name, "corpus_sha256": file_sha256(corpus), "limit": limit,
             "model": model_overrides or {}}
 
 

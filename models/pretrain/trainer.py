@@ -36,6 +36,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.checkpoint import read_meta
+
 log = logging.getLogger(__name__)
 
 STATE_DIR = "state"
@@ -185,8 +187,13 @@ def save_checkpoint(out: Path, task: PretrainTask, opt: torch.optim.Optimizer, c
     save_file(rng, str(tmp / RNG_FILE))
     meta = {"config": asdict(cfg), "position": asdict(position), "optimizer": opt_meta, **extra}
     (tmp / TRAINER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    final = out / STATE_DIR
-    old = out / (STATE_DIR + ".old")
+    _replace_dir(tmp, out / STATE_DIR)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Put the finished folder ``tmp`` in place of ``final`` by renames (the old one is kept as
+    ``<final>.old`` until the new one is in place, so a kill never leaves a half-written ``final``)."""
+    old = final.with_name(final.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
@@ -250,19 +257,14 @@ def _export_encoder(task: PretrainTask, export_dir: Path, meta: dict) -> None:
     """Write the encoder into a temporary folder and rename it into place, so a run stopped meanwhile
     never leaves a half-written or mislabelled encoder (its version names its weights)."""
     tmp = export_dir.with_name(export_dir.name + ".tmp")
-    old = export_dir.with_name(export_dir.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     task.export(tmp, meta)
-    shutil.rmtree(old, ignore_errors=True)
-    if export_dir.exists():
-        export_dir.rename(old)
-    tmp.rename(export_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    _replace_dir(tmp, export_dir)
 
 
 def _exported_steps(export_dir: Path) -> int | None:
     try:
-        return json.loads((export_dir / "molfusion.json").read_text()).get("steps")
+        return read_meta(export_dir).get("steps")
     except (OSError, ValueError):
         return None
 
