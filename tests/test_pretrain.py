@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from models.pretrain.corpus import filter_corpus, keys_for, read_corpus, reference_tables, write_corpus
 from models.pretrain.graph_ssl import GraphCorpus, mask_graph
-from models.pretrain.motifs import motif_labels, motif_names
+from models.pretrain.motifs import graphs_and_motifs, motif_labels, motif_names
 from models.pretrain.pipelines import pretrain_graph, pretrain_smiles
 from models.pretrain.smiles_mlm import IGNORE_INDEX, mask_tokens, tokenize_corpus
 from models.pretrain.trainer import STATE_DIR, TrainConfig, learning_rate
@@ -94,7 +94,8 @@ def test_graph_batch_matches_collate_and_masks_bonds_of_masked_atoms(bbbp_smiles
 
 def test_learning_rate_warms_up_then_decays() -> None:
     cfg = TrainConfig(steps=100, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
-    assert learning_rate(cfg, 0, 100) == 0.0
+    assert learning_rate(cfg, 0, 100) == 0.0  # before the first step
+    assert learning_rate(cfg, 1, 100) == pytest.approx(1e-4)  # the first step (the trainer counts from 1)
     assert learning_rate(cfg, 5, 100) == pytest.approx(5e-4)
     assert learning_rate(cfg, 10, 100) == pytest.approx(1e-3)
     assert learning_rate(cfg, 100, 100) == pytest.approx(1e-4)
@@ -396,3 +397,92 @@ def test_resume_refuses_switching_the_motif_objective(corpus_file: Path, tmp_pat
     res = CliRunner().invoke(cli, [*base, "--no-motifs"])
     assert res.exit_code == 2 and "motifs: True in the run, False now" in res.output, res.output
     assert (out / "data.json").read_text() == before
+
+
+def _two_column_corpus(path: Path, smiles: list[str]) -> Path:
+    """A plain CSV with the molecules under ``smiles`` and, reversed, under ``other`` (no ``SMILES``)."""
+    frame = pd.DataFrame({"id": range(len(smiles)), "smiles": smiles, "other": smiles[::-1]})
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_smiles_column_picks_the_corpus_column(moses_head: list[str], tmp_path: Path) -> None:
+    import json
+
+    corpus = _two_column_corpus(tmp_path / "two.csv", moses_head[:200])
+    cfg = TrainConfig(steps=2, batch_size=32, lr=1e-3, warmup_steps=1, log_every=1, checkpoint_every=100)
+    pos = pretrain_graph(corpus, tmp_path / "g", cfg, TINY_GRAPH, device="cpu", workers=1,
+                         smiles_column="smiles")
+    assert pos.step == 2
+    assert json.loads((tmp_path / "g" / "data.json").read_text())["molecules"] == 200
+    encoder_meta = json.loads((tmp_path / "g" / "encoder" / "molfusion.json").read_text())
+    assert encoder_meta["smiles_column"] == "smiles"
+    pos = pretrain_smiles(corpus, tmp_path / "s", cfg, TINY_SMILES, device="cpu", smiles_column="other")
+    assert pos.step == 2
+    with pytest.raises(ValueError, match="other settings.*smiles_column: 'other' in the run, 'smiles' now"):
+        pretrain_smiles(corpus, tmp_path / "s", cfg, TINY_SMILES, device="cpu", smiles_column="smiles")
+
+
+def test_a_missing_smiles_column_names_the_column_and_the_file(moses_head: list[str], tmp_path: Path) -> None:
+    corpus = _two_column_corpus(tmp_path / "two.csv", moses_head[:50])
+    cfg = TrainConfig(steps=2, batch_size=16, warmup_steps=1)
+    for kwargs in ({"smiles_column": "canonical_smiles"}, {}):  # {}: the default column, SMILES
+        column = kwargs.get("smiles_column", "SMILES")
+        with pytest.raises(ValueError, match=f"{corpus}: no column '{column}'"):
+            pretrain_graph(corpus, tmp_path / "g", cfg, TINY_GRAPH, device="cpu", workers=1, **kwargs)
+        with pytest.raises(ValueError, match=f"{corpus}: no column '{column}'"):
+            pretrain_smiles(corpus, tmp_path / "s", cfg, TINY_SMILES, device="cpu", **kwargs)
+    assert not (tmp_path / "g" / "data.json").exists() and not (tmp_path / "s" / "tokenizer").exists()
+
+
+def test_cli_smiles_column(moses_head: list[str], tmp_path: Path) -> None:
+    from app.cli import cli
+
+    runner = CliRunner()
+    if "--smiles-column" not in runner.invoke(cli, ["pretrain", "graph", "--help"]).output:
+        pytest.skip("app/commands/pretrain.py does not pass --smiles-column to the pipelines yet")
+    corpus = _two_column_corpus(tmp_path / "two.csv", moses_head[:100])
+    args = ["--corpus", str(corpus), "--steps", "2", "--warmup", "1", "--batch-size", "16", "--device", "cpu"]
+    res = runner.invoke(cli, ["pretrain", "graph", *args, "--out", str(tmp_path / "g"), "--hidden-size", "8",
+                              "--layers", "1", "--workers", "1", "--smiles-column", "smiles"])
+    assert res.exit_code == 0 and "step 2/2" in res.output, res.output
+    res = runner.invoke(cli, ["pretrain", "smiles", *args, "--out", str(tmp_path / "s"),
+                              "--smiles-column", "canonical_smiles"])
+    assert res.exit_code == 2 and "canonical_smiles" in res.output and str(corpus) in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_graph_pipeline_parses_each_smiles_once(
+    corpus_file: Path, moses_head: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not any("@" in s or "." in s for s in moses_head)  # no re-parse for stereo or salts here
+    parsed: list[str] = []
+    real = Chem.MolFromSmiles
+
+    def counting(text: str, *args, **kwargs):
+        parsed.append(text)
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(Chem, "MolFromSmiles", counting)
+    cfg = TrainConfig(steps=1, batch_size=64, warmup_steps=1, checkpoint_every=100)
+    pretrain_graph(corpus_file, tmp_path / "g", cfg, TINY_GRAPH, device="cpu", workers=1)
+    assert len(parsed) == len(moses_head)  # once for the graph and the motif labels together
+
+
+def test_graphs_and_motifs_match_the_featurizer_and_motif_labels(bbbp_smiles: list[str]) -> None:
+    from models.featurizer import featurize_smiles
+
+    sample = [*bbbp_smiles[:300], "CC(=O)[O-].[Na+]", "C[C@H](N)C(=O)O", "not a smiles", "c1ccccc1Cl.Cl"]
+    assert sum("." in s for s in sample) > 5 and sum("@" in s for s in sample) > 5
+    featurized = [f for f in featurize_smiles(sample, workers=1) if f.graph is not None]
+    expected = motif_labels([f.canonical for f in featurized], workers=1)
+    for workers, chunk_size in ((1, 4096), (2, 64)):
+        graphs, labels = graphs_and_motifs(sample, workers=workers, chunk_size=chunk_size)
+        assert labels is not None and np.array_equal(labels, expected)
+        assert len(graphs) == len(featurized)
+        for got, ref in zip(graphs, featurized, strict=True):
+            assert ref.graph is not None
+            for name in ("x", "edge_index", "edge_attr"):
+                assert np.array_equal(getattr(got, name), getattr(ref.graph, name)), name
+    graphs, labels = graphs_and_motifs(sample, workers=1, motifs=False)
+    assert labels is None and len(graphs) == len(featurized)

@@ -124,6 +124,9 @@ def register(cli: typer.Typer) -> None:
         ffn: int = typer.Option(1024, min=8),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
         limit: int | None = typer.Option(None, min=1, help="Only the first LIMIT corpus rows."),
+        smiles_column: str = typer.Option("SMILES", help="The corpus column holding the SMILES."),
+        progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                             help="Progress bar on stderr (default: when it is a terminal)."),
     ) -> None:
         """Masked-language-model pretraining of the SMILES transformer."""
         from models.pretrain.pipelines import pretrain_smiles
@@ -138,6 +141,7 @@ def register(cli: typer.Typer) -> None:
                      "intermediate_size": ffn}
         try:
             pos = pretrain_smiles(corpus, out, cfg, overrides, device=device, limit=limit,
+                                  smiles_column=smiles_column, progress=progress,
                                   stop_after=stop_after,
                                   max_seconds=max_minutes * 60 if max_minutes else None)
         except (ValueError, RuntimeError) as exc:  # corpus, resume and device problems, each named
@@ -164,6 +168,9 @@ def register(cli: typer.Typer) -> None:
         workers: int = typer.Option(0, help="Featurization processes; 0 = all cores."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
         limit: int | None = typer.Option(None, min=1, help="Only the first LIMIT corpus rows."),
+        smiles_column: str = typer.Option("SMILES", help="The corpus column holding the SMILES."),
+        progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                             help="Progress bar on stderr (default: when it is a terminal)."),
         motifs: bool = typer.Option(True, help="Add the functional-group motif objective on the readout."),
     ) -> None:
         """Self-supervised pretraining of the graph encoder (masked attributes + motif presence)."""
@@ -176,6 +183,7 @@ def register(cli: typer.Typer) -> None:
         try:
             pos = pretrain_graph(corpus, out, cfg, {"hidden_size": hidden_size, "num_layers": layers},
                                  device=device, limit=limit, workers=workers, motifs=motifs,
+                                 smiles_column=smiles_column, progress=progress,
                                  max_seconds=max_minutes * 60 if max_minutes else None, stop_after=stop_after)
         except (ValueError, RuntimeError) as exc:
             raise _fail(str(exc)) from exc

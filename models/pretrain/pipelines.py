@@ -22,7 +22,7 @@ import torch
 
 from models.checkpoint import file_sha256
 from models.embedder import device_description, resolve_device
-from models.pretrain.corpus import read_corpus
+from models.pretrain.corpus import CORPUS_COLUMN, read_corpus
 from models.pretrain.trainer import Position, TrainConfig, check_resumable, has_checkpoint, train
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,11 @@ def _write_data_info(out: Path, info: dict) -> None:
     (out / DATA_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def _run_identity(corpus: Path, limit: int | None, model_overrides: dict | None) -> dict:
+def _run_identity(corpus: Path, smiles_column: str, limit: int | None, model_overrides: dict | None) -> dict:
     """What a resume must find unchanged besides the TrainConfig (``trainer.RUN_IDENTITY``): the corpus
-    (name and content digest), the row limit and the model shape."""
-    return {"corpus": corpus.name, "corpus_sha256": file_sha256(corpus), "limit": limit,
-            "model": model_overrides or {}}
+    (name, content digest and the column read), the row limit and the model shape."""
+    return {"corpus": corpus.name, "corpus_sha256": file_sha256(corpus), "smiles_column": smiles_column,
+            "limit": limit, "model": model_overrides or {}}
 
 
 def _require_valid_smiles(corpus: Path, smiles: list[str], sample: int = 1000) -> None:
@@ -63,17 +63,20 @@ def pretrain_smiles(
     stop_after: int | None = None,
     limit: int | None = None,
     before_train: Callable[[], None] | None = None,
+    smiles_column: str = CORPUS_COLUMN,
+    progress: bool | None = None,
 ) -> Position:
-    """MLM-pretrain the SMILES transformer on ``corpus``; resumes when ``out`` holds a checkpoint."""
+    """MLM-pretrain the SMILES transformer on column ``smiles_column`` of ``corpus``; resumes when ``out``
+    holds a checkpoint. ``progress``: the console progress bar (``None``: when stderr is a terminal)."""
     from models.pretrain.smiles_mlm import SmilesMLMTask, tokenize_corpus
     from models.smiles_encoder import MolFormerConfig, count_parameters
     from models.tokenizer import build_tokenizer, load_tokenizer
 
     dev = resolve_device(device)
-    identity = _run_identity(corpus, limit, model_overrides)
+    identity = _run_identity(corpus, smiles_column, limit, model_overrides)
     check_resumable(out, cfg, identity)
     t0 = time.monotonic()
-    smiles = read_corpus(corpus, limit=limit)
+    smiles = read_corpus(corpus, column=smiles_column, limit=limit)
     _require_valid_smiles(corpus, smiles)
     tok_dir = out / TOKENIZER_DIR
     if has_checkpoint(out) and (tok_dir / "tokenizer.json").exists():  # the run's own vocabulary
@@ -100,7 +103,7 @@ def pretrain_smiles(
     if before_train is not None:
         before_train()
     return train(task, cfg, out, max_seconds=max_seconds, stop_after=stop_after,
-                 export_dir=out / ENCODER_DIR, meta=meta)
+                 export_dir=out / ENCODER_DIR, meta=meta, progress=progress)
 
 
 def pretrain_graph(
@@ -115,34 +118,31 @@ def pretrain_graph(
     workers: int = 0,
     before_train: Callable[[], None] | None = None,
     motifs: bool = True,
+    smiles_column: str = CORPUS_COLUMN,
+    progress: bool | None = None,
 ) -> Position:
-    """Self-supervised pretraining of the graph encoder on ``corpus``; resumes from ``out``.
+    """Self-supervised pretraining of the graph encoder on column ``smiles_column`` of ``corpus``;
+    resumes from ``out``. ``progress``: the console progress bar (``None``: when stderr is a terminal).
 
     Objectives: masked atom and bond attributes, plus (``motifs=True``) functional-group presence
     predicted from the molecule embedding (``models.pretrain.motifs``).
     """
-    from models.featurizer import featurize_smiles
     from models.graph_encoder import GraphEncoderConfig
     from models.pretrain.graph_ssl import GraphCorpus, GraphMaskingTask
-    from models.pretrain.motifs import motif_labels
+    from models.pretrain.motifs import graphs_and_motifs
     from models.smiles_encoder import count_parameters
 
     dev = resolve_device(device)
-    identity = {**_run_identity(corpus, limit, model_overrides), "motifs": motifs}
+    identity = {**_run_identity(corpus, smiles_column, limit, model_overrides), "motifs": motifs}
     check_resumable(out, cfg, identity)
     t0 = time.monotonic()
-    smiles = read_corpus(corpus, limit=limit)
-    featurized = featurize_smiles(smiles, workers=workers)
-    graphs = [f.graph for f in featurized if f.graph is not None]
+    smiles = read_corpus(corpus, column=smiles_column, limit=limit)
+    graphs, labels = graphs_and_motifs(smiles, workers=workers, motifs=motifs)  # one parse per SMILES
     if not graphs:
         raise ValueError(f"{corpus}: none of its {len(smiles)} SMILES is valid")
-    canonical = [f.canonical for f in featurized if f.graph is not None]
     data = GraphCorpus.from_graphs(graphs)
-    del featurized, graphs
-    motif_matrix = None
-    if motifs:
-        motif_matrix = torch.from_numpy(motif_labels(canonical, workers=workers))
-    del canonical
+    del graphs
+    motif_matrix = None if labels is None else torch.from_numpy(labels)
     prep_s = time.monotonic() - t0
     config = GraphEncoderConfig(**(model_overrides or {}))
     torch.manual_seed(cfg.seed)
@@ -166,5 +166,5 @@ def pretrain_graph(
     if before_train is not None:
         before_train()
     return train(task, cfg, out, max_seconds=max_seconds, stop_after=stop_after,
-                 export_dir=out / ENCODER_DIR, meta=meta)
+                 export_dir=out / ENCODER_DIR, meta=meta, progress=progress)
 

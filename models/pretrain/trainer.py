@@ -1,10 +1,13 @@
 """A small, exactly resumable training loop shared by both pretraining pipelines.
 
 Schedule: linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``
-at ``steps``:
+at ``steps``. Optimisation step ``t = 1 .. T`` runs with
 
     lr(t) = lr * t / W                                                     (t < W)
     lr(t) = lr * (r + (1 - r) * 0.5 * (1 + cos(pi * (t - W) / (T - W))))   (t >= W)
+
+so the first step already moves the weights (``lr / W``), step ``W`` runs at the peak and step ``T`` at
+``r * lr``. The learning rate depends on the step alone, so a resumed run follows the same schedule.
 
 Data order: epoch ``e`` visits the examples in ``randperm(N)`` drawn from a generator seeded with
 ``seed + e``; a step takes the next ``batch_size`` indices (the last partial batch of an epoch is
@@ -18,6 +21,12 @@ Tensors are stored as safetensors and everything else as JSON (no pickle).
 When ``steps`` is 0 the length is derived from a wall-clock budget: the first ``calibrate_steps``
 (which lie inside the warm-up, where the schedule does not depend on the length) are timed and the
 total is fixed from that rate, then stored in the checkpoint so that resumed runs keep it.
+
+Console progress: a tqdm bar over the optimisation steps on stderr, with the mean loss of the last
+logged window and the current learning rate in its postfix. ``progress=None`` shows it only when stderr
+is a terminal (so redirected runs and their structured logs are unchanged). Log records share stderr
+with a live bar; keeping each on a line of its own is the console log handler's part (the CLI's, in
+``app/logging_setup.py``). ``log.jsonl`` is written either way.
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -35,6 +45,7 @@ from typing import Protocol
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm import tqdm
 
 from models.checkpoint import read_meta
 
@@ -106,6 +117,7 @@ class PretrainTask(Protocol):
 
 
 def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
+    """Learning rate of optimisation step ``step`` of ``total`` (1-based: the first step is step 1)."""
     if step < cfg.warmup_steps:
         return cfg.lr * step / cfg.warmup_steps
     span = max(total - cfg.warmup_steps, 1)
@@ -227,13 +239,14 @@ def has_checkpoint(out: Path) -> bool:
 
 
 # What a run is, beyond its TrainConfig: a resume must not change any of it (keys of the run's meta).
-RUN_IDENTITY = ("corpus", "corpus_sha256", "limit", "model", "motifs")
+RUN_IDENTITY = ("corpus", "corpus_sha256", "smiles_column", "limit", "model", "motifs")
 
 
 def check_resumable(out: Path, cfg: TrainConfig, meta: dict) -> None:
     """``ValueError`` when ``out`` holds a run made with other settings than ``cfg`` or another corpus,
-    row limit or model (:data:`RUN_IDENTITY` keys of ``meta``): resuming would train with the old ones
-    and record the new ones. Reads only ``trainer.json``, so callers run it before writing into ``out``."""
+    SMILES column, row limit or model (:data:`RUN_IDENTITY` keys of ``meta``): resuming would train with
+    the old ones and record the new ones. A key the run did not record (older runs) is not compared.
+    Reads only ``trainer.json``, so callers run it before writing into ``out``."""
     if not has_checkpoint(out):
         return
     try:
@@ -277,6 +290,18 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in lines))
 
 
+@contextmanager
+def progress_bar(position: Position, enabled: bool | None = None) -> Iterator[tqdm]:
+    """A tqdm bar over the optimisation steps, starting at ``position`` (see the module docstring);
+    ``enabled=None``: only when stderr is a terminal."""
+    bar = tqdm(total=position.total_steps or None, initial=position.step, unit="step", desc="pretrain",
+               dynamic_ncols=True, disable=None if enabled is None else not enabled)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 def train(
     task: PretrainTask,
     cfg: TrainConfig,
@@ -286,11 +311,13 @@ def train(
     export_dir: Path | None = None,
     meta: dict | None = None,
     on_log: Callable[[dict], None] | None = None,
+    progress: bool | None = None,
 ) -> Position:
     """Train (or resume) ``task`` in ``out``; returns the position reached.
 
     ``max_seconds`` / ``stop_after`` end this invocation early (after a checkpoint) without changing
-    the schedule, so a later call continues exactly where this one stopped.
+    the schedule, so a later call continues exactly where this one stopped. ``progress``: show the
+    console progress bar (``None``: when stderr is a terminal).
     """
     out.mkdir(parents=True, exist_ok=True)
     device = next(task.model.parameters()).device
@@ -318,54 +345,60 @@ def train(
     invocation_steps = 0
     task.model.train()
     calib_from = min(20, cfg.calibrate_steps // 2)  # steps before it (start-up) are not timed
-    while position.total_steps == 0 or position.step < position.total_steps:
-        if position.total_steps == 0 and position.step == calib_from:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            calib_start = time.monotonic()
-        if position.total_steps == 0 and position.step == cfg.calibrate_steps:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            rate = (cfg.calibrate_steps - calib_from) / (time.monotonic() - (calib_start or start))
-            position.total_steps = max(cfg.warmup_steps + 1, int(rate * cfg.time_budget_s) // 100 * 100)
-            log.info("length calibrated",
-                     extra={"steps_per_s": round(rate, 2), "steps": position.total_steps})
-        indices = sampler.next().to(device, non_blocking=True)
-        lr = learning_rate(cfg, position.step, position.total_steps or 10**9)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            metrics = task.loss(indices)
-        metrics["loss"].backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(task.model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        position.step += 1
-        invocation_steps += 1
-        for key, value in metrics.items():
-            sums[key] = sums.get(key, 0.0) + value.detach().float()
-        count += 1
-        if position.step % cfg.log_every == 0 or position.step == position.total_steps:
-            record = {"step": position.step, "epoch": position.epoch, "lr": lr,
-                      "elapsed_s": round(time.monotonic() - start, 2),
-                      **{k: round(float(v) / count, 5) for k, v in sums.items()}}
-            with open(out / LOG_FILE, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            if on_log is not None:
-                on_log(record)
-            sums, count = {}, 0
-        done = position.total_steps and position.step >= position.total_steps
-        out_of_time = max_seconds is not None and time.monotonic() - start >= max_seconds
-        stop = stop_after is not None and invocation_steps >= stop_after
-        if done or out_of_time or stop or position.step % cfg.checkpoint_every == 0:
-            save_checkpoint(out, task, opt, cfg, position, {"meta": meta or {}})
-            if export_dir is not None:
-                _export_encoder(task, export_dir, {**(meta or {}), "steps": position.step,
-                                                   "planned_steps": position.total_steps})
-            log.info("checkpoint", extra={"step": position.step, "out": str(out)})
-        if done or out_of_time or stop:
-            break
+    loss_shown = "-"  # the mean loss of the last logged window (a per-step value would sync the GPU)
+    with progress_bar(position, progress) as bar:
+        while position.total_steps == 0 or position.step < position.total_steps:
+            if position.total_steps == 0 and position.step == calib_from:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                calib_start = time.monotonic()
+            if position.total_steps == 0 and position.step == cfg.calibrate_steps:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                rate = (cfg.calibrate_steps - calib_from) / (time.monotonic() - (calib_start or start))
+                position.total_steps = max(cfg.warmup_steps + 1, int(rate * cfg.time_budget_s) // 100 * 100)
+                bar.total = position.total_steps
+                log.info("length calibrated",
+                         extra={"steps_per_s": round(rate, 2), "steps": position.total_steps})
+            indices = sampler.next().to(device, non_blocking=True)
+            lr = learning_rate(cfg, position.step + 1, position.total_steps or 10**9)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                metrics = task.loss(indices)
+            metrics["loss"].backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(task.model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            position.step += 1
+            invocation_steps += 1
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float()
+            count += 1
+            if position.step % cfg.log_every == 0 or position.step == position.total_steps:
+                record = {"step": position.step, "epoch": position.epoch, "lr": lr,
+                          "elapsed_s": round(time.monotonic() - start, 2),
+                          **{k: round(float(v) / count, 5) for k, v in sums.items()}}
+                with open(out / LOG_FILE, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                if on_log is not None:
+                    on_log(record)
+                loss_shown = f"{record['loss']:.4f}"
+                sums, count = {}, 0
+            bar.set_postfix(loss=loss_shown, lr=f"{lr:.2e}", refresh=False)
+            bar.update()
+            done = position.total_steps and position.step >= position.total_steps
+            out_of_time = max_seconds is not None and time.monotonic() - start >= max_seconds
+            stop = stop_after is not None and invocation_steps >= stop_after
+            if done or out_of_time or stop or position.step % cfg.checkpoint_every == 0:
+                save_checkpoint(out, task, opt, cfg, position, {"meta": meta or {}})
+                if export_dir is not None:
+                    _export_encoder(task, export_dir, {**(meta or {}), "steps": position.step,
+                                                       "planned_steps": position.total_steps})
+                log.info("checkpoint", extra={"step": position.step, "out": str(out)})
+            if done or out_of_time or stop:
+                break
     if export_dir is not None and _exported_steps(export_dir) != position.step:
         # stopped after the checkpoint and before the encoder was written: write it from the checkpoint
         _export_encoder(task, export_dir, {**(meta or {}), "steps": position.step,
