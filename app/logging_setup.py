@@ -1,4 +1,7 @@
-"""Structured logging: one JSON object per line (or plain text), with ``extra=`` fields included."""
+"""Structured logging: one JSON object per line (or plain text), with ``extra=`` fields included.
+
+Records go to stderr, where the CLI's tqdm progress bars are drawn too; :class:`ConsoleHandler` writes
+each record on a line of its own while bars are live (see there)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import json
 import logging
 import sys
 import time
+
+from tqdm import tqdm
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -39,8 +44,39 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """A stream handler that cooperates with live tqdm progress bars (any ``tqdm.tqdm``, wherever made).
+
+    A bar redraws itself with ``\\r`` and no newline, so a record written plainly was glued to the bar's
+    text (``embedding:  33%|###  | 100/300{"ts": ...``): the JSON line no longer parsed. While a bar is
+    live a record is written under tqdm's lock instead: on a terminal with ``tqdm.write`` (bars cleared,
+    the record written, bars redrawn below it); elsewhere (a file, a pipe, ``docker logs``), where the
+    bar's characters stay, it starts with a newline when a bar draws on the same stream, so every
+    record is a whole line of its own. Without live bars it is a plain ``StreamHandler``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        live = getattr(tqdm, "_instances", None)  # tqdm's registry of live (not disabled, not closed) bars
+        if not live:
+            super().emit(record)
+            return
+        try:
+            msg = self.format(record)
+            isatty = getattr(self.stream, "isatty", None)
+            if isatty is not None and isatty():
+                tqdm.write(msg, file=self.stream)
+            else:
+                with tqdm.get_lock():
+                    drawn = any(getattr(bar, "fp", None) == self.stream for bar in list(live))
+                    self.stream.write(f"\n{msg}\n" if drawn else f"{msg}\n")
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = ConsoleHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

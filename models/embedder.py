@@ -273,10 +273,12 @@ class Embedder:
         table = np.empty((len(unique), encoder.dim), dtype=np.float32)
         tag = self.vector_versions[view]  # once: the property builds a dict
         keys = [cache_key(tag, c) for c in unique]
-        cached = self.cache.get_many(keys) if self.cache is not None and unique else [None] * len(unique)
-        missing = [j for j, vec in enumerate(cached) if vec is None or vec.shape != (encoder.dim,)]
+        cached: list[np.ndarray | None] = [None] * len(unique)
+        if self.cache is not None and unique:  # a stored vector of another dimension is a miss
+            cached = self.cache.get_many(keys, encoder.dim)
+        missing = [j for j, vec in enumerate(cached) if vec is None]
         for j, vec in enumerate(cached):
-            if vec is not None and vec.shape == (encoder.dim,):
+            if vec is not None:
                 table[j] = vec
         if missing:
             todo = [unique[j] for j in missing]

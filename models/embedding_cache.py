@@ -33,14 +33,25 @@ def pack(vector: np.ndarray, dtype: CacheDtype) -> bytes:
     return np.ascontiguousarray(vector, dtype=dtype).tobytes()
 
 
-def unpack(blob: bytes, dtype: CacheDtype) -> np.ndarray | None:
+def unpack(blob: bytes, dtype: CacheDtype, dim: int | None = None) -> np.ndarray | None:
     """The vector packed in ``blob``, or ``None`` when the bytes are no vector of finite ``dtype`` values
-    (a value written by something else, or damaged): a reader treats that as a miss and recomputes."""
+    (a value written by something else, or damaged) or, with ``dim``, one of another dimension (e.g.
+    written under another ``MOLFUSION_CACHE_DTYPE``): a reader treats that as a miss and recomputes."""
+    if unreadable_reason(blob, dtype, dim):
+        return None
+    return np.frombuffer(blob, dtype=dtype).astype(np.float32)
+
+
+def unreadable_reason(blob: bytes, dtype: CacheDtype, dim: int | None = None) -> str | None:
+    """Why ``blob`` is no vector for this reader (see :func:`unpack`), or ``None`` when it is one."""
     itemsize = np.dtype(dtype).itemsize
     if not blob or len(blob) % itemsize:
-        return None
-    vector = np.frombuffer(blob, dtype=dtype).astype(np.float32)
-    return vector if np.isfinite(vector).all() else None
+        return "wrong length"
+    if dim is not None and len(blob) != dim * itemsize:
+        return "wrong dimension"
+    if not np.isfinite(np.frombuffer(blob, dtype=dtype)).all():
+        return "not finite"
+    return None
 
 
 class VectorCache(Protocol):
@@ -48,7 +59,10 @@ class VectorCache(Protocol):
 
     name: str
 
-    def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]: ...
+    def get_many(self, keys: Sequence[str], dim: int | None = None) -> list[np.ndarray | None]:
+        """The vectors of ``keys`` (``None`` = miss); with ``dim``, a stored vector of another dimension
+        is a miss too, counted as unreadable."""
+        ...
 
     def set_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None: ...
 
@@ -67,15 +81,17 @@ class LRUVectorCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.unreadable = 0  # stored values that were no vector for the reader: read as misses
 
-    def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
+    def get_many(self, keys: Sequence[str], dim: int | None = None) -> list[np.ndarray | None]:
         out: list[np.ndarray | None] = []
         with self._lock:
             for key in keys:
                 blob = self._data.get(key)
-                vector = None if blob is None else unpack(blob, self.dtype)
+                vector = None if blob is None else unpack(blob, self.dtype, dim)
                 if vector is None:
                     self.misses += 1
+                    self.unreadable += blob is not None
                 else:
                     self.hits += 1
                     self._data.move_to_end(key)
@@ -103,6 +119,7 @@ class LRUVectorCache:
             "max_items": self.max_items,
             "hits": self.hits,
             "misses": self.misses,
+            "unreadable": self.unreadable,
         }
 
 
@@ -207,7 +224,7 @@ class RedisVectorCache:
         log.warning("redis cache back", extra={"outage_s": round(outage_s, 3), "redis": self._safe_url()})
 
     # -- VectorCache ------------------------------------------------------------------------------
-    def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
+    def get_many(self, keys: Sequence[str], dim: int | None = None) -> list[np.ndarray | None]:
         if not keys:
             return []
         if not self._available():
@@ -222,13 +239,18 @@ class RedisVectorCache:
                 self.misses += len(keys)
             return [None] * len(keys)
         self._succeeded("mget")
-        out = [None if b is None else unpack(b, self.dtype) for b in blobs]
+        out = [None if b is None else unpack(b, self.dtype, dim) for b in blobs]
         unreadable = sum(b is not None and v is None for b, v in zip(blobs, out, strict=True))
         if unreadable:
-            first = next(k for k, b, v in zip(keys, blobs, out, strict=True) if b is not None and v is None)
+            bad = [(k, b) for k, b, v in zip(keys, blobs, out, strict=True) if b is not None and v is None]
+            first, blob = bad[0]
             log.warning(
                 "redis cache values unreadable; computing instead",
-                extra={"values": unreadable, "first_key": self.namespace + first},
+                extra={
+                    "values": unreadable,
+                    "first_key": self.namespace + first,
+                    "reason": unreadable_reason(blob, self.dtype, dim),
+                },
             )
         hits = sum(v is not None for v in out)
         with self._lock:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import typer
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from app.file_checks import refuse_overwriting_input
 from app.settings import get_settings
@@ -200,8 +199,8 @@ def register(cli: typer.Typer) -> None:
         options = recommendation_options(settings, method, skip)
         if evidence_seeds is not None:
             options.evidence_seeds = evidence_seeds
-        # log lines are written above the bar instead of through it
-        with logging_redirect_tqdm(), tqdm(total=100, unit="%", desc="recommending") as bar:
+        # log records are written on lines of their own while the bar is live (app.logging_setup)
+        with tqdm(total=100, unit="%", desc="recommending") as bar:
 
             def progress(fraction: float, message: str) -> None:
                 bar.set_postfix_str(message[:40])
