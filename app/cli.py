@@ -1,5 +1,6 @@
 """The ``molfusion`` command line. Each sub-command lives in ``app/commands/<name>.py`` and exposes
-``register(cli)``; this module only assembles them (every module in that package is registered)."""
+``register(cli)``; this module only assembles them (every module in that package is registered, except
+helpers whose name starts with ``_``)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def _root() -> None:
 
 
 for _info in sorted(pkgutil.iter_modules(app.commands.__path__), key=lambda m: m.name):
+    if _info.name.startswith("_"):  # a shared helper (app/commands/_progress.py), no sub-command
+        continue
     importlib.import_module(f"app.commands.{_info.name}").register(cli)
 
 

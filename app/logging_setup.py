@@ -1,7 +1,9 @@
 """Structured logging: one JSON object per line (or plain text), with ``extra=`` fields included.
 
 Records go to stderr, where the CLI's tqdm progress bars are drawn too; :class:`ConsoleHandler` writes
-each record on a line of its own while bars are live (see there)."""
+each record on a line of its own while bars are live (see there). Python ``warnings`` become records of
+the ``py.warnings`` logger, and the libraries that give their logger a console handler of their own log
+through the root's handler instead (``models.library_logs``): every line on stderr is formatted."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import sys
 import time
 
 from tqdm import tqdm
+
+from models.library_logs import route_library_logs
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -22,7 +26,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": record.getMessage().rstrip("\n"),  # a captured warning ends with a newline
         }
         payload.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
         if record.exc_info:
@@ -35,7 +39,8 @@ class TextFormatter(logging.Formatter):
     so "head skipped" said neither which head nor why)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{record.levelname} {record.name}: {record.getMessage()}"
+        message = record.getMessage().rstrip("\n")  # a captured warning ends with a newline
+        line = f"{record.levelname} {record.name}: {message}"
         extra = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
         if extra:
             line += " " + " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in extra.items())
@@ -76,8 +81,12 @@ class ConsoleHandler(logging.StreamHandler):
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
+    """The root's handler on stderr (JSON lines or text) at ``level``, Python warnings and the
+    libraries' loggers routed to it."""
     handler = ConsoleHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # warnings.warn(...) -> a WARNING record of "py.warnings"
+    route_library_logs()

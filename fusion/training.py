@@ -24,6 +24,7 @@ from fusion.metrics import evaluate, is_better, primary_metric
 from fusion.model import TASK_TYPES, TrainedModel, build_model, split_hparams
 from fusion.splits import group_ids, make_split, scaffold_split
 from models.checkpoint import file_sha256
+from models.progress import bar_disable
 
 log = logging.getLogger(__name__)
 
@@ -165,22 +166,31 @@ def read_label_table(
 ) -> tuple[list[str], np.ndarray, str]:
     """SMILES and the float label matrix (NaN = an empty or ``nan`` cell) of ``targets``; errors name the
     column and the row's line in the file (the header is line 1; blank lines count)."""
-    from models.tabular import MAX_ABS_LABEL, repeated_names, resolve_smiles_column, without_blank_rows
+    from models.tabular import (
+        MAX_ABS_LABEL,
+        TableError,
+        choose_smiles_column,
+        read_text_table,
+        repeated_names,
+        repeated_targets,
+        text_sample,
+        without_blank_rows,
+    )
 
-    repeated = sorted({t for t in targets if targets.count(t) > 1})
+    repeated = repeated_targets(targets)
     if repeated:
         raise LabelTableError(f"target column(s) {repeated} named more than once (--targets)")
     try:
-        column = resolve_smiles_column(path, smiles_column)
-        # the header as written (read_csv renames a repeated name: p_np, p_np.1)
-        first = pd.read_csv(path, nrows=1, header=None, dtype=str, keep_default_na=False)
-        names = [str(c).strip() for c in first.iloc[0].tolist()]
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
-    except ValueError as exc:  # TableError, and pandas' parser, empty-file and decoding errors
+        names, frame = read_text_table(path)  # read once: the header as written, the sample and the rows
+    except ValueError as exc:  # TableError, and pandas' other parsing and decompression errors
         raise LabelTableError(str(exc)) from exc
     doubled = repeated_names(names)
     if doubled:
         raise LabelTableError(f"column name(s) {doubled} occur more than once in the header of {path.name}")
+    try:
+        column = choose_smiles_column(list(frame.columns), text_sample(frame), smiles_column, path.name)
+    except TableError as exc:
+        raise LabelTableError(str(exc)) from exc
     missing = [t for t in targets if t not in frame.columns]
     if missing:
         raise LabelTableError(
@@ -225,13 +235,14 @@ def embed_smiles(
     embedder,
     smiles: list[str],
     chunk_size: int = 2000,
-    progress: bool = True,
+    progress: bool | None = None,
     views: tuple[str, ...] = ("smiles", "graph"),
 ) -> tuple[dict[str, np.ndarray], list[str | None]]:
-    """Encoder-view vectors of ``smiles`` (NaN rows for invalid input) and the per-row error reasons."""
+    """Encoder-view vectors of ``smiles`` (NaN rows for invalid input) and the per-row error reasons.
+    ``progress``: the bar on stderr (``None``: when stderr is a terminal)."""
     parts: dict[str, list[np.ndarray]] = {v: [] for v in views}
     errors: list[str | None] = []
-    with tqdm(total=len(smiles), unit="mol", desc="embedding", disable=not progress) as bar:
+    with tqdm(total=len(smiles), unit="mol", desc="embedding", disable=bar_disable(progress)) as bar:
         for start in range(0, len(smiles), chunk_size):
             out = embedder.embed(smiles[start : start + chunk_size], views=views)
             for v in parts:
@@ -280,10 +291,11 @@ def train_seeds(
     seeds: int | Sequence[int] = 3,
     hparams: dict | None = None,
     split_indices: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> SeedRuns:
     """Fit one model per seed (a fresh split per seed unless ``split_indices`` are given) and pick the
-    seed with the best validation primary metric."""
+    seed with the best validation primary metric. ``progress``: a bar over the seeds on stderr (``None``:
+    when stderr is a terminal)."""
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ValueError("at least one seed is required")
@@ -293,7 +305,8 @@ def train_seeds(
     metrics: dict[int, dict[str, dict]] = {}
     sizes: dict[int, dict[str, int]] = {}
     best_seed, best_score = seed_list[0], None
-    for seed in tqdm(seed_list, desc=f"training {head}/{fusion}", unit="seed", disable=not progress):
+    bar = tqdm(seed_list, desc=f"training {head}/{fusion}", unit="seed", disable=bar_disable(progress))
+    for seed in bar:
         parts = split_indices[seed] if split_indices is not None else make_split(split, smiles, seed)
         train_idx, val_idx, test_idx = parts
         model = fit_head(
@@ -340,9 +353,10 @@ def train_from_table(
     hparams: dict | None = None,
     name: str | None = None,
     units: Sequence[str | None] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict:
-    """CSV -> embeddings -> a model per seed -> the best-on-val artifact in ``out``; returns the card."""
+    """CSV -> embeddings -> a model per seed -> the best-on-val artifact in ``out``; returns the card.
+    ``progress``: the embedding and seed bars on stderr (``None``: when stderr is a terminal)."""
     path = Path(data_csv)
     targets = list(targets)
     if not targets:

@@ -27,6 +27,7 @@ from models.tabular import (
     TableError,
     detect_smiles_column,
     repeated_names,
+    repeated_targets,
     without_blank_rows,
 )
 
@@ -120,7 +121,7 @@ def read_csv_bytes(data: bytes, max_bytes: int, max_rows: int) -> pd.DataFrame:
 
 def _label_columns(df: pd.DataFrame, smiles_column: str, targets: list[str] | None) -> list[str]:
     if targets:
-        repeated = sorted({t for t in targets if targets.count(t) > 1})
+        repeated = repeated_targets(targets)
         if repeated:
             raise TargetError(f"label column(s) {repeated} named more than once", "targets")
         missing = [t for t in targets if t not in df.columns]

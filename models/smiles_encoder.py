@@ -25,7 +25,9 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
 from models.checkpoint import read_meta, weights_digest, write_meta
+from models.library_logs import route_library_logs
 
+route_library_logs()  # transformers just gave its logger a console handler of its own
 _TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
 

@@ -97,7 +97,8 @@ def test_embed_command_logs_stay_whole_lines_beside_its_bar(
 
     monkeypatch.setattr(embed_module, "smiles_stream", logging_stream)
     res = CliRunner().invoke(
-        cli, ["embed", str(source), "-o", str(tmp_path / "out.parquet"), "--chunk-size", "20"]
+        cli,  # the bar forced on: unasked, it is drawn only when stderr is a terminal
+        ["embed", str(source), "-o", str(tmp_path / "out.parquet"), "--chunk-size", "20", "--progress"],
     )
     assert res.exit_code == 0, res.output
     err = res.stderr

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import typer
 from tqdm import tqdm
 
+from app.commands._progress import bar_disable, progress_option
 from app.factory import build_embedder
 from models.tabular import TableError, count_rows, iter_chunks, resolve_smiles_column
 
@@ -61,10 +62,11 @@ def embed_file(
     views: list[str],
     chunk_size: int,
     embedder,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict[str, int]:
     """Stream ``input_csv`` through the overlapped pipeline (workers parse/featurize/tokenize chunk
-    k+1 while the device encodes chunk k) into ``output``; the file is never loaded whole."""
+    k+1 while the device encodes chunk k) into ``output``; the file is never loaded whole.
+    ``progress``: the bar on stderr (``None``: when stderr is a terminal)."""
     column = resolve_smiles_column(input_csv, smiles_column)
     schema = _schema(embedder.dims, views)
     counts = {"rows": 0, "ok": 0, "invalid": 0}
@@ -73,7 +75,7 @@ def embed_file(
     pipeline = embedding_pipeline(embedder, chunk_size)
     with (
         pq.ParquetWriter(tmp, schema) as writer,
-        tqdm(total=count_rows(input_csv), unit="mol", disable=not progress, desc="embedding") as bar,
+        tqdm(total=count_rows(input_csv), unit="mol", disable=bar_disable(progress), desc="embedding") as bar,
     ):
         for part in pipeline.run(smiles_stream(input_csv, column, chunk_size), views=views):
             n = len(part.inputs)
@@ -111,6 +113,7 @@ def register(cli: typer.Typer) -> None:
             None, min=1, help="Molecules per encoder pass (default: settings)."
         ),
         chunk_size: int = typer.Option(20_000, min=1, help="Rows read and embedded per chunk."),
+        progress: bool | None = progress_option(),
     ) -> None:
         """Embed every row of INPUT_CSV; one output row per input row, invalid ones with a reason."""
         from app.file_checks import refuse_overwriting_input
@@ -126,7 +129,9 @@ def register(cli: typer.Typer) -> None:
         if batch_size is not None:
             embedder.batch_size = batch_size
         try:
-            counts = embed_file(input_csv, output, smiles_column, view_list, chunk_size, embedder)
+            counts = embed_file(
+                input_csv, output, smiles_column, view_list, chunk_size, embedder, progress
+            )
         except TableError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc

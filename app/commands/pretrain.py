@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from app.commands._progress import progress_option
 from app.settings import DEVICE_PATTERN, get_settings
 
 
@@ -125,8 +126,7 @@ def register(cli: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
         limit: int | None = typer.Option(None, min=1, help="Only the first LIMIT corpus rows."),
         smiles_column: str = typer.Option("SMILES", help="The corpus column holding the SMILES."),
-        progress: bool | None = typer.Option(None, "--progress/--no-progress",
-                                             help="Progress bar on stderr (default: when it is a terminal)."),
+        progress: bool | None = progress_option(),
     ) -> None:
         """Masked-language-model pretraining of the SMILES transformer."""
         from models.pretrain.pipelines import pretrain_smiles
@@ -169,8 +169,7 @@ def register(cli: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
         limit: int | None = typer.Option(None, min=1, help="Only the first LIMIT corpus rows."),
         smiles_column: str = typer.Option("SMILES", help="The corpus column holding the SMILES."),
-        progress: bool | None = typer.Option(None, "--progress/--no-progress",
-                                             help="Progress bar on stderr (default: when it is a terminal)."),
+        progress: bool | None = progress_option(),
         motifs: bool = typer.Option(True, help="Add the functional-group motif objective on the readout."),
     ) -> None:
         """Self-supervised pretraining of the graph encoder (masked attributes + motif presence)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from tqdm import tqdm
 
+from app.commands._progress import bar_disable, progress_option
 from app.file_checks import refuse_overwriting_input
 from app.settings import get_settings
 
@@ -160,6 +161,7 @@ def register(cli: typer.Typer) -> None:
             None, min=0, help="Seeds for the evidence (default: settings; 0 = off)."
         ),
         exclude: str | None = typer.Option(None, help="Comma-separated catalog sets to leave out."),
+        progress: bool | None = progress_option(),
     ) -> None:
         """Recommend auxiliary data sets to train TARGET_CSV's property with, with scores and evidence."""
         from app.factory import parse_policy
@@ -200,7 +202,7 @@ def register(cli: typer.Typer) -> None:
         if evidence_seeds is not None:
             options.evidence_seeds = evidence_seeds
         # log records are written on lines of their own while the bar is live (app.logging_setup)
-        with tqdm(total=100, unit="%", desc="recommending") as bar:
+        with tqdm(total=100, unit="%", desc="recommending", disable=bar_disable(progress)) as bar:
 
             def progress(fraction: float, message: str) -> None:
                 bar.set_postfix_str(message[:40])

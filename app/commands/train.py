@@ -13,6 +13,7 @@ import pandas as pd
 import typer
 from tqdm import tqdm
 
+from app.commands._progress import bar_disable, progress_option
 from app.commands.embed import embedding_pipeline, smiles_stream
 from app.settings import get_settings
 from models.tabular import TableError, count_rows, resolve_smiles_column
@@ -70,12 +71,13 @@ def predict_file(
     embedder,
     smiles_column: str | None,
     chunk_size: int,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict[str, int]:
     """Stream ``input_csv`` in chunks: embed, predict, append to ``output``; one output row per input row.
 
     Columns: the SMILES column as given, ``canonical_smiles``, one column per task (probability for
     classification, label units for regression; empty for an invalid molecule) and ``error`` (the reason).
+    ``progress``: the bar on stderr (``None``: when stderr is a terminal).
     """
     column = resolve_smiles_column(input_csv, smiles_column)
     counts = {"rows": 0, "ok": 0, "invalid": 0}
@@ -90,7 +92,7 @@ def predict_file(
             yield value
 
     with tqdm(
-        total=count_rows(input_csv), unit="mol", desc=f"predicting {head.name}", disable=not progress
+        total=count_rows(input_csv), unit="mol", desc=f"predicting {head.name}", disable=bar_disable(progress)
     ) as bar:
         # preparation on all cores overlapped with the encoders, as in `molfusion embed`
         for i, part in enumerate(embedding_pipeline(embedder, chunk_size).run(stream(), views=views)):
@@ -138,6 +140,7 @@ def register(cli: typer.Typer) -> None:
             None, help="Comma-separated units, one per target; leave an entry empty for none (a,,b)."
         ),
         param: list[str] = typer.Option([], "--param", help="Hyper-parameter KEY=VALUE (repeatable)."),
+        progress: bool | None = progress_option(),
     ) -> None:
         """Train a head on DATA_CSV; the seed with the best validation metric is saved to --out."""
         from fusion.fusions import FUSIONS
@@ -190,6 +193,7 @@ def register(cli: typer.Typer) -> None:
                 hparams=hparams,
                 name=name,
                 units=unit_list,
+                progress=progress,
             )
         except (LabelTableError, TableError) as exc:
             raise _fail(str(exc)) from exc
@@ -212,6 +216,7 @@ def register(cli: typer.Typer) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Output CSV, one row per input row."),
         smiles_column: str | None = typer.Option(None, help="SMILES column (auto-detected when omitted)."),
         chunk_size: int = typer.Option(5000, min=1, help="Rows read, embedded and predicted per chunk."),
+        progress: bool | None = progress_option(),
     ) -> None:
         """Predict every row of INPUT_CSV with a head; invalid SMILES get an empty prediction and a reason."""
         from app.factory import build_embedder
@@ -229,7 +234,9 @@ def register(cli: typer.Typer) -> None:
         try:
             embedder = build_embedder()
             check_encoders(loaded, embedder)
-            counts = predict_file(input_csv, output, loaded, embedder, smiles_column, chunk_size)
+            counts = predict_file(
+                input_csv, output, loaded, embedder, smiles_column, chunk_size, progress
+            )
         except (TableError, ValueError, FileNotFoundError) as exc:
             raise _fail(str(exc)) from exc
         typer.echo(

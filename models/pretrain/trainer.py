@@ -48,6 +48,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models.checkpoint import read_meta
+from models.progress import bar_disable
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ def progress_bar(position: Position, enabled: bool | None = None) -> Iterator[tq
     """A tqdm bar over the optimisation steps, starting at ``position`` (see the module docstring);
     ``enabled=None``: only when stderr is a terminal."""
     bar = tqdm(total=position.total_steps or None, initial=position.step, unit="step", desc="pretrain",
-               dynamic_ncols=True, disable=None if enabled is None else not enabled)
+               dynamic_ncols=True, disable=bar_disable(enabled))
     try:
         yield bar
     finally:
