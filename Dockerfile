@@ -37,6 +37,12 @@ RUN apt-get update \
 # ---- builder: a virtual environment with the locked dependencies and the molfusion wheel ----
 FROM python AS builder
 ARG VARIANT
+# Optional package sources for a build behind a mirror or without the internet, e.g.
+#   --build-arg PIP_FIND_LINKS=http://host:8765/  (pip reads them as its own variables; unset = PyPI and
+# the PyTorch CPU index named in the lock). They exist only in this stage, not in the final image.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv \

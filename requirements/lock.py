@@ -16,7 +16,9 @@ Method: the runtime dependencies of ``pyproject.toml`` (never the ``test`` extra
 constrained to the versions installed in the development environment, so the image runs the versions
 the test suite ran. ``gpu.txt`` takes torch from PyPI, whose Linux wheels are CUDA builds with the CUDA
 libraries as ``nvidia-*`` wheels. ``cpu.txt`` is the same resolution with torch's CUDA-only
-dependencies excluded and the ``+cpu`` build of the same torch version from the PyTorch CPU index.
+dependencies excluded and the ``+cpu`` build of the same torch version from the PyTorch CPU index, and
+with ``xgboost-cpu`` for ``xgboost`` (the same release and ``xgboost`` module without the CUDA kernels and
+the NCCL wheel: about 600 MB less in the CPU image).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ TORCH_CUDA_ONLY = (
     "nvidia-nvshmem-cu13",
     "nvidia-nccl-cu13",
 )
+# xgboost's CUDA-only dependency; the CPU image installs the xgboost-cpu distribution instead.
+XGBOOST_CUDA_ONLY = ("nvidia-nccl-cu12",)
 COMMAND = ".venv/bin/python requirements/lock.py"
 MANYLINUX = [f"manylinux_2_{minor}_x86_64" for minor in range(5, 40)] + ["manylinux2014_x86_64"]
 
@@ -77,6 +81,14 @@ def torch_to_cpu_build(text: str) -> str:
     if n != 1:
         raise SystemExit("expected exactly one torch pin in the CPU lock")
     return f"--extra-index-url {TORCH_CPU_INDEX}\n{text}"
+
+
+def xgboost_to_cpu_build(text: str) -> str:
+    """Pin ``xgboost-cpu`` at the resolved xgboost version (same module, no CUDA code, no NCCL)."""
+    text, n = re.subn(r"^xgboost==(\S+)$", r"xgboost-cpu==\1", text, flags=re.MULTILINE)
+    if n != 1:
+        raise SystemExit("expected exactly one xgboost pin in the CPU lock")
+    return text
 
 
 def _normalise(name: str) -> str:
@@ -131,11 +143,11 @@ def main() -> None:
         constraints = Path(tmp) / "constraints.txt"
         constraints.write_text("\n".join(installed_pins()) + "\n")
         excludes = Path(tmp) / "excludes.txt"
-        excludes.write_text("\n".join(TORCH_CUDA_ONLY) + "\n")
+        excludes.write_text("\n".join(TORCH_CUDA_ONLY + XGBOOST_CUDA_ONLY) + "\n")
         compile_lock(constraints, None, OUT / "gpu.txt")
         compile_lock(constraints, excludes, OUT / "cpu.txt")
     cpu = OUT / "cpu.txt"
-    cpu.write_text(torch_to_cpu_build(cpu.read_text()))
+    cpu.write_text(xgboost_to_cpu_build(torch_to_cpu_build(cpu.read_text())))
     for name in ("gpu.txt", "cpu.txt"):
         pins = [line for line in (OUT / name).read_text().splitlines() if "==" in line]
         print(f"requirements/{name}: {len(pins)} pinned packages")

@@ -183,6 +183,21 @@ def test_dockerfile_stages_bases_and_variants() -> None:
     assert any(w == "COPY" and a.startswith("--from=builder /opt/venv") for w, a in final)
 
 
+def test_dockerfile_pip_sources_are_builder_args_only() -> None:
+    """A build behind a mirror or offline passes pip's sources as build arguments of the builder stage;
+    unset, they change nothing, and the final image carries none of them."""
+    ins = dockerfile_instructions(DOCKERFILE.read_text())
+    starts = [i for i, (word, _) in enumerate(ins) if word == "FROM"]
+    ends = [*starts[1:], len(ins)]
+    stages = {ins[a][1].split(" AS ")[-1]: ins[a:b] for a, b in zip(starts, ends, strict=True)}
+    pip_vars = {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"}
+    builder_args = {a for w, a in stages["builder"] if w == "ARG"}
+    assert pip_vars <= builder_args, "declared without a default, so an unset argument stays unset"
+    for name, stage in stages.items():
+        if name != "builder":
+            assert not any(v in a for w, a in stage if w in ("ARG", "ENV") for v in pip_vars), name
+
+
 def test_dockerfile_runs_as_non_root_and_serves_by_default() -> None:
     final = final_stage(dockerfile_instructions(DOCKERFILE.read_text()))
     users = [a for w, a in final if w == "USER"]
@@ -252,6 +267,10 @@ def test_dockerignore_admits_every_copied_source() -> None:
 # ---------------------------------------------------------------------------------------------------------
 # the lock files
 # ---------------------------------------------------------------------------------------------------------
+# the CPU image installs these distributions for a runtime dependency (same module, no CUDA code)
+CPU_DISTRIBUTIONS = {"xgboost": "xgboost-cpu"}
+
+
 def test_lock_files_pin_every_runtime_dependency_and_no_dev_tool() -> None:
     from packaging.requirements import Requirement
     from packaging.version import Version
@@ -262,6 +281,7 @@ def test_lock_files_pin_every_runtime_dependency_and_no_dev_tool() -> None:
         pins = lock_pins(variant)
         for req in runtime:
             name = re.sub(r"[-_.]+", "-", req.name).lower()
+            name = CPU_DISTRIBUTIONS.get(name, name) if variant == "cpu" else name
             assert name in pins, f"requirements/{variant}.txt lacks {req.name}"
             version = Version(pins[name])
             assert req.specifier.contains(version, prereleases=True), \
@@ -271,7 +291,9 @@ def test_lock_files_pin_every_runtime_dependency_and_no_dev_tool() -> None:
     gpu, cpu = lock_pins("gpu"), lock_pins("cpu")
     assert cpu["torch"] == gpu["torch"] + "+cpu"
     assert any(n.startswith("nvidia-cudnn") for n in gpu)
-    assert not [n for n in cpu if n.startswith(("nvidia-cudnn", "nvidia-cublas", "triton", "cuda-toolkit"))]
+    cuda = [n for n in cpu if n.startswith(("nvidia-", "triton", "cuda-toolkit"))]
+    assert not cuda, f"CUDA packages in the CPU image: {cuda}"
+    assert cpu["xgboost-cpu"] == gpu["xgboost"] and "xgboost" not in cpu
     cpu_text = (REPO / "requirements" / "cpu.txt").read_text()
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in cpu_text
 
@@ -339,7 +361,8 @@ def test_compose_deploy_variables_bind_mount_and_scale(tmp_path: Path) -> None:
     """DEPLOY_* variables move the catalog and heads mounts, publish a port range and scale workers."""
     env = tmp_path / "deploy.env"
     env.write_text("DEPLOY_CATALOG=/opt/datasets\nDEPLOY_HEADS=./heads\nDEPLOY_API_PUBLISH=0.0.0.0:8000-8003\n"
-                   "DEPLOY_WORKER_REPLICAS=3\nDEPLOY_GPU_COUNT=all\nDEPLOY_REDIS_MAXMEMORY=512mb\n")
+                   "DEPLOY_WORKER_REPLICAS=3\nDEPLOY_GPU_COUNT=all\nDEPLOY_REDIS_MAXMEMORY=512mb\n"
+                   "DEPLOY_REDIS_IMAGE=mirror.example.com/redis:7.4-alpine\n")
     cfg = compose_config(tmp_path, COMPOSE, env_file=env)
     api, worker = cfg["services"]["api"], cfg["services"]["worker"]
     mounts = {v["target"]: v for v in api["volumes"]}
@@ -351,6 +374,7 @@ def test_compose_deploy_variables_bind_mount_and_scale(tmp_path: Path) -> None:
     assert worker["deploy"]["replicas"] == 3
     assert _gpu_devices(worker)[0]["count"] == -1  # "all"
     assert "512mb" in cfg["services"]["redis"]["command"]
+    assert cfg["services"]["redis"]["image"] == "mirror.example.com/redis:7.4-alpine"
 
 
 def test_env_example_names_real_settings() -> None:
