@@ -380,3 +380,24 @@ def test_inputs_json_cannot_carry_get_a_422_not_a_500(client):
         r = client.post(path, content=body, headers={"content-type": "application/json"})
         assert r.status_code == 422, (path, body, r.status_code, r.text[:300])
         assert any(field in d["loc"] for d in r.json()["detail"]), r.text[:300]
+
+
+@pytest.mark.parametrize(("page", "scripts"), [("/docs", ["swagger-ui-bundle.js", "swagger-ui.css"]),
+                                               ("/redoc", ["redoc.standalone.js"])])
+def test_docs_pages_load_their_assets_from_the_service(client, page, scripts):
+    """/docs and /redoc work without internet access: every script, style and icon the page names is a
+    path of this service that answers 200 with the file (FastAPI's defaults point at a CDN)."""
+    html = client.get(page)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    assert "cdn.jsdelivr.net" not in html.text and "fonts.googleapis.com" not in html.text
+    urls = re.findall(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']""", html.text)
+    urls += re.findall(r"""url:\s*["']([^"']+)["']""", html.text)  # swagger's openapi_url
+    assert "/openapi.json" in urls
+    for name in scripts:
+        (url,) = [u for u in urls if u.endswith(name)]
+        assert url.startswith("/"), url  # served here, not by a third party
+        asset = client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 10_000, url
+    for url in urls:
+        assert url.startswith("/"), f"{page} loads {url} from elsewhere"
+        assert client.get(url).status_code == 200, url

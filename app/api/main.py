@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from app.api import embeddings, health, info, predictions, properties, recommendations
 from app.api.deps import require_api_key
+from app.api.docs_pages import add_docs_pages
 from app.api.fastpath import PredictFastPath
 from app.api.limits import BodySizeLimit
 from app.api.schemas import ErrorResponse
@@ -99,7 +100,14 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             await service.stop()
 
-    app = FastAPI(title="molfusion", version=_version(), description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="molfusion",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # add_docs_pages serves both pages with local assets
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.service = service
     app.state.metrics = metrics
@@ -121,6 +129,8 @@ def create_app(settings: Settings | None = None, embedder=None) -> FastAPI:
     app.include_router(health.router, dependencies=keyed, responses=errors)
     app.include_router(recommendations.router, dependencies=keyed)
     app.include_router(recommendations.datasets_router, dependencies=keyed)
+
+    add_docs_pages(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
