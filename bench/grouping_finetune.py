@@ -19,6 +19,9 @@ best validation epoch. Nothing is chosen on test.
     # CPU here: graphs, labels, splits' inputs and the recorded groups into one file to carry
     python bench/grouping_finetune.py prepare --catalog .carry/grp/data \\
         --groups bench/results/grouping_h100.json --out .carry/gft/data.pkl.gz
+    # or the shipped routing (kappa = 1) of a later run, whose JSON is one file per target and seed range:
+    python bench/grouping_finetune.py prepare --catalog .carry/grp/data --molgroup-key molgroup_prior1 \\
+        --groups "$(ls bench/results/grouping_stereo_h200/*.json | paste -sd,)" --out .carry/gft/data.pkl.gz
     # GPU host: one process per target
     python bench/grouping_finetune.py run --data .carry/gft/data.pkl.gz --targets bbbp --out OUT/bbbp.json
     python bench/grouping_finetune.py report OUT/*.json
@@ -56,7 +59,7 @@ GRAPH_CHECKPOINT = REPO / "models" / "checkpoints" / "graph"
 
 
 # --- prepare (CPU) ---------------------------------------------------------------------------------
-def prepare(catalog_dir: Path, groups_json: Path, out: Path, max_rows: int) -> None:
+def prepare(catalog_dir: Path, groups_files: list[Path], out: Path, max_rows: int, molgroup_key: str) -> None:
     from grouping.catalog import load_catalog, load_dataset
     from models.chemistry import ParsePolicy
     from models.featurizer import featurize_packed
@@ -82,22 +85,29 @@ def prepare(catalog_dir: Path, groups_json: Path, out: Path, max_rows: int) -> N
             ),
         }
         print(f"{entry.name}: {len(keep)} molecules", flush=True)
-    recorded = json.loads(groups_json.read_text())
-    groups = {
-        r["target"]: {s["seed"]: {c: s["groups"][c] for c in CONFIGS} for s in r["seeds"]}
-        for r in recorded["results"]
-    }
-    for target, rows in ((r["target"], r["rows"]) for r in recorded["results"]):
-        if len(sets[target]["smiles"]) != rows:
-            raise SystemExit(f"{target}: {len(sets[target]['smiles'])} rows here, {rows} in {groups_json}")
+    # one or several result files of grouping_eval (e.g. one per target and seed range); the routing
+    # whose group is "molgroup" here is --molgroup-key (a routing name of grouping_eval --routing)
+    recorded_files = [json.loads(f.read_text()) for f in groups_files]
+    key = {c: c for c in CONFIGS} | {"molgroup": molgroup_key}
+    groups: dict[str, dict[int, dict[str, list[str]]]] = {}
+    for source, recorded in zip(groups_files, recorded_files, strict=True):
+        for r in recorded["results"]:
+            here = len(sets[r["target"]]["smiles"])
+            if here != r["rows"]:
+                raise SystemExit(f"{r['target']}: {here} rows here, {r['rows']} in {source}")
+            for s in r["seeds"]:
+                groups.setdefault(r["target"], {})[s["seed"]] = {c: s["groups"][key[c]] for c in CONFIGS}
+    caps = {int(r["args"].get("max_aux_rows", 500)) for r in recorded_files}
+    if len(caps) != 1:
+        raise SystemExit(f"the group files used different auxiliary caps: {sorted(caps)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(out, "wb") as f:
         pickle.dump(
             {
                 "sets": sets,
                 "groups": groups,
-                "source": str(groups_json),
-                "max_aux_rows": int(recorded["args"].get("max_aux_rows", 500)),
+                "source": ",".join(str(f) for f in groups_files) + f" (molgroup = {molgroup_key})",
+                "max_aux_rows": caps.pop(),
             },
             f,
         )
@@ -403,7 +413,10 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare")
     p.add_argument("--catalog", type=Path, required=True, help="the subsampled catalog folder")
-    p.add_argument("--groups", type=Path, default=REPO / "bench" / "results" / "grouping_h100.json")
+    p.add_argument("--groups", default=str(REPO / "bench" / "results" / "grouping_h100.json"),
+                   help="grouping_eval result JSON file(s), comma-separated")
+    p.add_argument("--molgroup-key", default="molgroup",
+                   help="the recorded routing taken as `molgroup` (molgroup_prior1: the shipped kappa = 1)")
     p.add_argument("--max-rows", type=int, default=1000)
     p.add_argument("--out", type=Path, default=Path(".carry/gft/data.pkl.gz"))
     r = sub.add_parser("run")
@@ -421,7 +434,8 @@ def main() -> None:
     s.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args()
     if args.cmd == "prepare":
-        prepare(args.catalog, args.groups, args.out, args.max_rows)
+        files = [Path(f) for f in args.groups.split(",") if f]
+        prepare(args.catalog, files, args.out, args.max_rows, args.molgroup_key)
     elif args.cmd == "run":
         torch.set_num_threads(args.threads)
         run(

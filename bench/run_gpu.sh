@@ -66,13 +66,14 @@ for s in $STEPS; do
       # bench/grouping_finetune.py: grouping_eval's recorded groups, with the graph encoder trained on target
       # + group (random init and our checkpoint fine-tuned), one process per target:seed job (FT_JOBS, default
       # the 8 targets x seeds 0-2); FT_DATA = the file of `bench/grouping_finetune.py prepare` (graphs,
-      # labels, groups; no catalog needed on the host).
+      # labels, groups; no catalog needed on the host); FT_INITS = --inits (default scratch,pretrained).
       echo "=== finetune jobs"; t0=$SECONDS
       jobs=${FT_JOBS:-$(for t in bbbp bace clintox esol pampa freesolv lipophilicity ppbr; do echo $t:0 $t:1 $t:2; done)}
       for job in $jobs; do
         t=${job%%:*}; seed=${job#*:}
         OMP_NUM_THREADS=1 timeout "${FINETUNE_S:-520}" python3 bench/grouping_finetune.py run \
           --data "${FT_DATA:-.carry/gft/data.pkl.gz}" --targets "$t" --seeds "$seed" --threads 1 \
+          --inits "${FT_INITS:-scratch,pretrained}" \
           --out "$RESULT/finetune_${t}_$seed.json" > "$RESULT/finetune_${t}_$seed.log" 2>&1 &
       done
       wait; echo "=== finetune jobs done in $((SECONDS - t0))s"; tail -q -n 1 "$RESULT"/finetune_*.log
