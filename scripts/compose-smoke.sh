@@ -49,7 +49,7 @@ YAML
 files=(-f docker-compose.yml)
 [[ $variant == cpu ]] && files+=(-f docker-compose.cpu.yml)
 files+=(-f "$work/smoke.yml")
-export DEPLOY_IMAGE=$image DEPLOY_CATALOG=$catalog DEPLOY_API_PUBLISH=127.0.0.1:$port
+export DEPLOY_IMAGE=$image DEPLOY_CATALOG=$catalog DEPLOY_API_PUBLISH=127.0.0.1:$port DEPLOY_WORKER_REPLICAS=1
 compose() { "${compose_cmd[@]}" -p "$project" "${files[@]}" "$@"; }
 
 cleanup() {
@@ -118,7 +118,8 @@ say "recommendation job $job queued"
 wait_until 900 "job $job done" job_is "$job" done
 result=$(api GET "/v1/recommendations/$job")
 say "recommended group: $(json 'd["result"]["recommended_group"]' <<< "$result")"
-compose logs --no-color worker | grep -q "$job" || fail "the worker's log does not mention job $job"
+worker_log=$(compose logs --no-color worker)  # not piped into grep -q: its early exit fails the pipe
+grep -q "recommendation job done.*$job" <<< "$worker_log" || fail "the worker's log does not mention job $job"
 
 predict=$(api POST /v1/predict -H 'content-type: application/json' \
     -d '{"smiles": ["CCO", "c1ccccc1O"], "properties": ["bbbp", "esol"]}')

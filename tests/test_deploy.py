@@ -308,7 +308,7 @@ def _gpu_devices(service: dict) -> list[dict]:
 def test_compose_services(tmp_path: Path) -> None:
     cfg = compose_config(tmp_path, COMPOSE)
     services = cfg["services"]
-    assert set(services) == {"redis", "api", "worker"}
+    assert set(services) == {"volumes-init", "redis", "api", "worker"}
 
     redis = services["redis"]
     cmd = redis["command"]
@@ -330,6 +330,15 @@ def test_compose_services(tmp_path: Path) -> None:
 
     assert seconds(api["stop_grace_period"]) > Settings().shutdown_grace_s  # SIGKILL after the app's grace
     assert seconds(worker["stop_grace_period"]) >= 60
+    # the named volumes are seeded from the image by one container before api and worker (or replicas of
+    # them) mount them: two containers copying into the same empty volume at once collide
+    init = services["volumes-init"]
+    assert init["image"] == api["image"] and init["restart"] == "no" and not _gpu_devices(init)
+    init_mounts = {(v["source"], v["target"]) for v in init["volumes"] if v["type"] == "volume"}
+    for svc in (api, worker):
+        assert svc["depends_on"]["volumes-init"]["condition"] == "service_completed_successfully"
+        named = {(v["source"], v["target"]) for v in svc["volumes"] if v["type"] == "volume"}
+        assert named and named <= init_mounts, "every named volume of api/worker is seeded by volumes-init"
     for svc in (api, worker):
         assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
         assert [(d["driver"], d["capabilities"]) for d in _gpu_devices(svc)] == [("nvidia", ["gpu"])]
@@ -354,7 +363,7 @@ def test_compose_cpu_override(tmp_path: Path) -> None:
         assert svc["build"]["args"]["VARIANT"] == "cpu"
         assert svc["environment"]["MOLFUSION_DEVICE"] == "cpu"
         assert svc["environment"]["MOLFUSION_REDIS_URL"] == "redis://redis:6379/0"  # the rest is kept
-    assert cfg["services"]["api"]["image"] == cfg["services"]["worker"]["image"] == "molfusion:cpu"
+    assert {cfg["services"][n]["image"] for n in ("api", "worker", "volumes-init")} == {"molfusion:cpu"}
 
 
 def test_compose_deploy_variables_bind_mount_and_scale(tmp_path: Path) -> None:
