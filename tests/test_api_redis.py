@@ -107,3 +107,21 @@ def test_job_routes_answer_503_while_their_redis_is_down(tiny_checkpoints, api_h
         assert posted.status_code == 503, posted.text
         assert time.perf_counter() - t0 < 6
         assert client.post("/v1/embed", json={"smiles": ["CCO"]}).status_code == 200  # the rest works
+
+
+def test_redis_down_at_startup_is_one_warning_line_not_a_traceback(tiny_checkpoints, api_heads_dir, caplog):
+    """Redis starting after the API is expected (compose starts them together): the job component logs
+    one warning naming the error and connects on first use; a traceback is kept for real faults."""
+    import logging
+
+    from test_cache_helpers import free_port
+
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    settings = make_settings(tiny_checkpoints, api_heads_dir, redis_url=nobody, redis_timeout_s=0.1)
+    with caplog.at_level(logging.INFO, logger="app.api.main"), TestClient(create_app(settings)) as client:
+        wait_ready(client)
+    records = [r for r in caplog.records if r.name == "app.api.main" and getattr(r, "component", None)]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    (record,) = records
+    assert record.levelname == "WARNING" and record.exc_info is None
+    assert record.component == "recommendation jobs" and "Connect" in record.error

@@ -45,6 +45,14 @@ async def _load(service: ModelService) -> None:
         return
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """A service that could not be reached (refused, reset, timed out), not a fault of ours."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, (OSError, RedisConnectionError, RedisTimeoutError))
+
+
 @contextlib.asynccontextmanager
 async def _optional_lifespan(lifespan, app: FastAPI, component: str) -> AsyncIterator[None]:
     """Run a router's lifespan; if it fails to start (e.g. its Redis is down) log it and serve anyway,
@@ -53,11 +61,17 @@ async def _optional_lifespan(lifespan, app: FastAPI, component: str) -> AsyncIte
     try:
         await context.__aenter__()
     except Exception as exc:
-        log.error(
-            "component failed to start; serving without it",
-            exc_info=True,
-            extra={"component": component, "error": f"{type(exc).__name__}: {exc}"},
-        )
+        if _unreachable(exc):  # e.g. Redis not up yet: expected, and the component connects on first use
+            log.warning(
+                "component unavailable at start-up; serving without it until it connects",
+                extra={"component": component, "error": f"{type(exc).__name__}: {exc}"},
+            )
+        else:
+            log.error(
+                "component failed to start; serving without it",
+                exc_info=True,
+                extra={"component": component, "error": f"{type(exc).__name__}: {exc}"},
+            )
         yield
         return
     try:
