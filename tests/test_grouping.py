@@ -801,6 +801,11 @@ def test_recommend_cli_writes_json_and_chart(
     )
     assert bad.exit_code == 2 and "--targets" in bad.output and "nope" in bad.output
     assert jobs._embedder is None  # refused before the encoders were loaded
+    # a refused run leaves no folder behind: -o's folder is checked up front, created only to write
+    nested = CliRunner().invoke(
+        cli, ["recommend", str(target), "-o", str(tmp_path / "new" / "deep" / "x.json"), "--targets", "nope"]
+    )
+    assert nested.exit_code == 2 and not (tmp_path / "new").exists()
     (tmp_path / "afile").write_text("x")
     before = target.read_bytes()
     # each refused before any work, naming the option, with the input left alone: the input itself, a

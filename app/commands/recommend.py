@@ -10,7 +10,7 @@ import typer
 from tqdm import tqdm
 
 from app.commands._progress import bar_disable, progress_option
-from app.file_checks import refuse_overwriting_input
+from app.file_checks import check_creatable, refuse_overwriting_input
 from app.settings import get_settings
 
 
@@ -51,10 +51,7 @@ def _check_paths(target_csv: Path, output_text: str) -> tuple[Path, Path]:
         raise _fail(f"--output {output}: give the JSON's path; the chart is written next to it as .png")
     refuse_overwriting_input(target_csv, output)
     refuse_overwriting_input(target_csv, chart, "--output's chart")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _fail(f"--output {output}: cannot create its folder ({exc})") from exc
+    check_creatable(output.parent, "--output")  # created when the result is written
     return output, chart
 
 
@@ -220,6 +217,7 @@ def register(cli: typer.Typer) -> None:
                 )
             except CatalogError as exc:
                 raise _fail(f"--catalog: {exc}") from exc
+        output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(result, indent=2))
         chart = plot_scores(result, chart_path)
         ev = result["evidence"]

@@ -4,7 +4,6 @@ apply a head to a CSV of SMILES (streamed, row-aligned), list the registry's hea
 from __future__ import annotations
 
 import json
-import os
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from tqdm import tqdm
 
 from app.commands._progress import bar_disable, progress_option
 from app.commands.embed import embedding_pipeline, smiles_stream
+from app.file_checks import check_creatable, refuse_overwriting_input
 from app.settings import get_settings
 from models.tabular import TableError, count_rows, resolve_smiles_column
 
@@ -163,10 +163,7 @@ def register(cli: typer.Typer) -> None:
             check_replaceable(out)
         except FileExistsError as exc:
             raise _fail(f"--out: {exc}") from exc
-        existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
-        if existing != out.absolute() and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
-            # checked now, not after the training (nothing is created yet)
-            raise _fail(f"--out {out}: cannot create its folder under {existing} (not a writable folder)")
+        check_creatable(out, "--out")  # now, not after the training
         if out.exists() and data_csv.resolve().is_relative_to(out.resolve()):
             raise _fail(f"--out {out} holds the training data {data_csv}; saving the head would delete it")
         target_list = _split_list(targets)
@@ -220,7 +217,6 @@ def register(cli: typer.Typer) -> None:
     ) -> None:
         """Predict every row of INPUT_CSV with a head; invalid SMILES get an empty prediction and a reason."""
         from app.factory import build_embedder
-        from app.file_checks import refuse_overwriting_input
         from fusion.registry import UnknownHeadError
 
         refuse_overwriting_input(input_csv, output)
