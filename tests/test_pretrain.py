@@ -486,3 +486,22 @@ def test_graphs_and_motifs_match_the_featurizer_and_motif_labels(bbbp_smiles: li
                 assert np.array_equal(getattr(got, name), getattr(ref.graph, name)), name
     graphs, labels = graphs_and_motifs(sample, workers=1, motifs=False)
     assert labels is None and len(graphs) == len(featurized)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_corpus_header_with_a_byte_order_mark_and_spaces_is_read(tmp_path: Path, gz: bool) -> None:
+    """Excel's "CSV UTF-8" starts with a byte-order mark, and hand-made headers carry spaces: the column is
+    still found, and cells are read without their surrounding spaces."""
+    import gzip as gzip_module
+
+    text = "\ufeff SMILES ,name\nCCO , ethanol\n\n  c1ccccc1O,phenol\n , blank\n"
+    path = tmp_path / ("corpus.csv.gz" if gz else "corpus.csv")
+    if gz:
+        with gzip_module.open(path, "wt", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    assert read_corpus(path) == ["CCO", "c1ccccc1O"]
+    assert read_corpus(path, column=" SMILES") == ["CCO", "c1ccccc1O"]
+    with pytest.raises(ValueError, match=r"no column 'smiles' \(columns: \['SMILES', 'name'\]\)"):
+        read_corpus(path, column="smiles")

@@ -121,23 +121,26 @@ def reference_keys(smiles: Sequence[str], workers: int = 0) -> tuple[set[str], s
 
 def read_corpus(path: Path, column: str = CORPUS_COLUMN, limit: int | None = None) -> list[str]:
     """Non-empty values of ``column`` from a (gzipped) CSV, at most ``limit`` rows (csv module only, so
-    the GPU host needs no pandas)."""
+    the GPU host needs no pandas). Header names and cells are read without surrounding spaces, and a
+    UTF-8 byte-order mark (Excel's "CSV UTF-8") is not part of the first name."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", newline="") as handle:
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             if header is None:
                 raise ValueError(f"{path} is empty")
-            if column not in header:
-                raise ValueError(f"{path}: no column {column!r} (columns: {header})")
-            j = header.index(column)
+            names = [name.strip() for name in header]
+            if column.strip() not in names:
+                raise ValueError(f"{path}: no column {column!r} (columns: {names})")
+            j = names.index(column.strip())
             out: list[str] = []
             for row in reader:
                 if limit is not None and len(out) >= limit:
                     break
-                if len(row) > j and row[j]:
-                    out.append(row[j])
+                value = row[j].strip() if len(row) > j else ""
+                if value:
+                    out.append(value)
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:  # a folder, bad gzip, binary data
         hint = " (is it gzip-compressed? name it .gz)" if isinstance(exc, UnicodeDecodeError) else ""
         raise ValueError(f"{path} is not a readable CSV{hint}: {exc}") from exc
