@@ -184,7 +184,7 @@ class RedisVectorCache:
         self.misses = 0
         self.errors = 0
         self.skipped = 0  # calls answered without Redis while it was down
-        self.unreadable = 0  # values that were no vector (wrong length, not finite): read as misses
+        self.unreadable = 0  # values that were no vector for the reader (unreadable_reason): read as misses
 
     # -- failure bookkeeping -------------------------------------------------------------------
     def _available(self) -> bool:

@@ -21,10 +21,10 @@ import typer
 from tqdm import tqdm
 from typer.testing import CliRunner
 
-from app.commands._progress import bar_disable
 from app.logging_setup import configure_logging
 from fusion.training import LabelTableError, read_label_table
 from grouping.target import TargetError, parse_target
+from models.progress import bar_disable
 from models.tabular import repeated_names, repeated_targets
 
 

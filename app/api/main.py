@@ -19,7 +19,9 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.api import embeddings, health, info, predictions, properties, recommendations
 from app.api.deps import require_api_key
@@ -47,9 +49,6 @@ async def _load(service: ModelService) -> None:
 
 def _unreachable(exc: BaseException) -> bool:
     """A service that could not be reached (refused, reset, timed out), not a fault of ours."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
     return isinstance(exc, (OSError, RedisConnectionError, RedisTimeoutError))
 
 

@@ -10,10 +10,6 @@ from typing import Any
 
 import typer
 
-from models.progress import bar_disable
-
-__all__ = ["PROGRESS_HELP", "bar_disable", "progress_option"]
-
 PROGRESS_HELP = "Progress bar on stderr (default: when it is a terminal)."
 
 

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import typer
 from tqdm import tqdm
 
-from app.commands._progress import bar_disable, progress_option
+from app.commands._progress import progress_option
 from app.factory import build_embedder
+from models.progress import bar_disable
 from models.tabular import TableError, count_rows, iter_chunks, resolve_smiles_column
 
 if TYPE_CHECKING:

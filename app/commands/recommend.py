@@ -9,9 +9,10 @@ from pathlib import Path
 import typer
 from tqdm import tqdm
 
-from app.commands._progress import bar_disable, progress_option
+from app.commands._progress import progress_option
 from app.file_checks import check_creatable, refuse_overwriting_input
 from app.settings import get_settings
+from models.progress import bar_disable
 
 
 def _fail(message: str) -> typer.Exit:
@@ -201,7 +202,7 @@ def register(cli: typer.Typer) -> None:
         # log records are written on lines of their own while the bar is live (app.logging_setup)
         with tqdm(total=100, unit="%", desc="recommending", disable=bar_disable(progress)) as bar:
 
-            def progress(fraction: float, message: str) -> None:
+            def report(fraction: float, message: str) -> None:
                 bar.set_postfix_str(message[:40])
                 bar.update(max(0, int(round(fraction * 100)) - bar.n))
 
@@ -213,7 +214,7 @@ def register(cli: typer.Typer) -> None:
                     embedder,
                     grouping_cache_dir(settings),
                     options,
-                    progress,
+                    report,
                 )
             except CatalogError as exc:
                 raise _fail(f"--catalog: {exc}") from exc

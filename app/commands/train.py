@@ -12,10 +12,11 @@ import pandas as pd
 import typer
 from tqdm import tqdm
 
-from app.commands._progress import bar_disable, progress_option
+from app.commands._progress import progress_option
 from app.commands.embed import embedding_pipeline, smiles_stream
 from app.file_checks import check_creatable, refuse_overwriting_input
 from app.settings import get_settings
+from models.progress import bar_disable
 from models.tabular import TableError, count_rows, resolve_smiles_column
 
 
